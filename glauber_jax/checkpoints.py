@@ -14,7 +14,6 @@ mid-save leaves the previous steps intact; the partial directory is ignored on r
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, Optional, Sequence
 
 import gin
@@ -22,6 +21,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+
+from glauber_jax import paths
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
@@ -37,7 +38,7 @@ class Checkpointer:
   """Saves and restores training state under ``directory/checkpoints``.
 
   Attributes:
-    directory: the run's model directory.
+    directory: the run's model directory (local, or a URI such as ``gs://bucket/run``).
     period: save every this many steps (the final step is always saved).
     keep: number of most recent checkpoints kept.
     async_save: write in a background thread while training continues.
@@ -47,7 +48,7 @@ class Checkpointer:
                async_save: bool = True) -> None:
     if period <= 0:
       raise ValueError(f"Checkpointer.period must be positive, got {period}.")
-    self.directory = os.path.abspath(os.path.join(directory, "checkpoints"))
+    self.directory = paths.resolve(directory) / "checkpoints"
     self.period = period
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=period, create=True,
@@ -117,9 +118,10 @@ def load_params(path: str, abstract_params: Any, key: Sequence[str] = ("params",
   the subtree (``("model_state", "teacher")`` is the Glauber teacher copy). The result is placed
   with ``abstract_params``' shardings; leaves missing from the checkpoint raise CheckpointError.
   """
-  if not os.path.isdir(path):
-    raise CheckpointError(f"initial checkpoint {path!r} does not exist or is not a directory.")
-  path = os.path.abspath(path)
+  path = paths.resolve(path)
+  if not path.is_dir():
+    raise CheckpointError(f"initial checkpoint {str(path)!r} does not exist or is not a "
+                          "directory.")
   target: Any = abstract_params
   for name in reversed(key):
     target = {name: target}
@@ -135,8 +137,8 @@ def load_params(path: str, abstract_params: Any, key: Sequence[str] = ("params",
     return restored
 
   try:
-    for root in (os.path.join(path, "checkpoints"), path):
-      if not os.path.isdir(root):
+    for root in (path / "checkpoints", path):
+      if not root.is_dir():
         continue
       manager = ocp.CheckpointManager(root,
                                       options=ocp.CheckpointManagerOptions(read_only=True))
@@ -147,8 +149,8 @@ def load_params(path: str, abstract_params: Any, key: Sequence[str] = ("params",
                 item=target, restore_args=_restore_args(target), partial_restore=True)}))
         logging.info("Loaded %s from %s step %d", "/".join(key), root, step)
         return subtree(restored[STATE_ITEM])
-    item_dir = os.path.join(path, STATE_ITEM)
-    item_dir = item_dir if os.path.isdir(item_dir) else path
+    item_dir = path / STATE_ITEM
+    item_dir = item_dir if item_dir.is_dir() else path
     restored = ocp.PyTreeCheckpointer().restore(
         item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target),
                                               partial_restore=True))

@@ -4,13 +4,15 @@ r"""Scores sample files written by ``glauber_jax.infer``: diversity, judge perpl
         [--judge_hf=/models/gpt2-large | --judge_gin=gin/judge_tiny.gin \
          --judge_checkpoint=runs/judge_tiny [--gin.NAME=VALUE ...]] \
         [--reference_file=held_out.txt] [--mauve_features=/models/gpt2-large] \
-        [--batch_size=8] [--output=results.jsonl]
+        [--puzzles=sudoku_validation.jsonl] [--batch_size=8] [--output=results.jsonl]
 
 For each samples file (one row each): the token entropy and corpus entropy and distinct-1..4 of
 the samples' own token ids, the judge's generative perplexity of their texts (re-tokenised by
 the judge) when a judge is given, and MAUVE against ``--reference_file`` when that, the
 ``mauve-text`` package and a feature model (``--mauve_features``, default the ``--judge_hf``
-directory) are there. Prints a table and appends one JSON line per file to ``--output``
+directory) are there, and the puzzle exact-solve rate and cell accuracy when ``--puzzles``
+names the puzzle file (``python -m tasks.puzzles``) the samples were prompted with
+(``infer.prompts_file``). Prints a table and appends one JSON line per file to ``--output``
 (default ``eval.jsonl`` beside the first samples file). Definitions: ``glauber_jax.metrics``
 and ``docs/evaluation.md``.
 
@@ -147,9 +149,11 @@ def evaluate_file(path: str, judge: Optional[metrics.Judge] = None, batch_size: 
                   references: Optional[Sequence[str]] = None,
                   mauve_features: Optional[str] = None,
                   reference_features: Optional[np.ndarray] = None,
-                  device: str = "cpu") -> dict[str, Any]:
+                  device: str = "cpu",
+                  puzzles_by_prompt: Optional[dict[str, Any]] = None) -> dict[str, Any]:
   """One result row (JSON-ready) for the samples file at ``path``; MAUVE when ``references``
-  are given (``reference_features``: their precomputed ``metrics.featurize`` features)."""
+  are given (``reference_features``: their precomputed ``metrics.featurize`` features);
+  puzzle scores when ``puzzles_by_prompt`` is (``puzzle_row``)."""
   records = read_samples(path)
   settings = records[0].get("settings", {})
   token_lists = [record["token_ids"] for record in records]
@@ -171,8 +175,32 @@ def evaluate_file(path: str, judge: Optional[metrics.Judge] = None, batch_size: 
                                        reference_features=reference_features, device=device)
     if row["mauve"] is None:
       row["mauve_skipped"] = metrics.mauve_unavailable_reason(mauve_features)
+  if puzzles_by_prompt is not None:
+    row.update(puzzle_row(records, puzzles_by_prompt, path))
   logging.info("%s: %d samples evaluated", path, len(records))
   return row
+
+
+def puzzle_row(records: Sequence[dict[str, Any]], puzzles_by_prompt: dict[str, Any], path: str
+               ) -> dict[str, Any]:
+  """Exact-solve rate and cell accuracy of the samples whose prompt is one of the puzzles
+  (``tasks.puzzles.PuzzleExample`` by prompt); the answer is read from each sample's
+  continuation by ``tasks.puzzles.extract_answer``."""
+  from tasks import puzzles  # pylint: disable=import-outside-toplevel
+
+  scored = [(puzzles_by_prompt[record["prompt"]], record) for record in records
+            if record.get("prompt") in puzzles_by_prompt]
+  if not scored:
+    raise ValueError(f"{path}: no sample was prompted with one of the --puzzles (sample them "
+                     "with --gin.infer.prompts_file set to the same puzzle file).")
+  if any("continuation" not in record for _, record in scored):
+    raise ValueError(f"{path}: samples lack 'continuation'; sample them again with this "
+                     "version of glauber_jax.infer.")
+  result = metrics.puzzle_scores(
+      [example for example, _ in scored],
+      [puzzles.extract_answer(example.kind, record["continuation"]) for example, record in scored])
+  return {"exact_solve": result["exact_solve"], "cell_accuracy": result["cell_accuracy"],
+          "puzzles_scored": result["num_examples"]}
 
 
 def _cell(value: Any) -> str:
@@ -190,6 +218,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
              *((f"distinct_{n}", f"dist-{n}") for n in DISTINCT_NS)]
   if any(row.get("mauve") is not None for row in rows):
     columns.append(("mauve", "MAUVE"))
+  if any("exact_solve" in row for row in rows):
+    columns += [("exact_solve", "solved"), ("cell_accuracy", "cell-acc")]
   cells = [[title for _, title in columns]]
   cells += [[_cell(row.get(key)) for key, _ in columns] for row in rows]
   widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
@@ -200,18 +230,25 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def evaluate(samples: Sequence[str], output: str, judge: Optional[metrics.Judge] = None,
              batch_size: int = 8, reference_file: Optional[str] = None,
-             mauve_features: Optional[str] = None, device: str = "cpu"
-             ) -> list[dict[str, Any]]:
+             mauve_features: Optional[str] = None, device: str = "cpu",
+             puzzle_file: Optional[str] = None) -> list[dict[str, Any]]:
   """Evaluates every samples file, prints the table, appends the rows to ``output``."""
   references = read_references(reference_file) if reference_file else None
+  puzzles_by_prompt = None
+  if puzzle_file:
+    from tasks import puzzles  # pylint: disable=import-outside-toplevel
+    puzzles_by_prompt = {example.puzzle: example
+                         for example in puzzles.read_prompt_file(puzzle_file)}
   reference_features = None
   if references is not None and metrics.mauve_unavailable_reason(mauve_features) is None:
     reference_features = metrics.featurize(references, mauve_features, device=device)
   rows = [evaluate_file(path, judge, batch_size, references, mauve_features,
-                        reference_features, device) for path in samples]
+                        reference_features, device, puzzles_by_prompt) for path in samples]
   for row in rows:
     if reference_file:
       row["reference_file"] = reference_file
+    if puzzle_file:
+      row["puzzle_file"] = puzzle_file
   print(format_table(rows), flush=True)
   summaries.write_jsonl(output, rows, append=True)
   return rows
@@ -229,6 +266,8 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument("--judge_checkpoint", help="the --judge_gin model's run directory")
   parser.add_argument("--reference_file", help="human texts for MAUVE")
   parser.add_argument("--mauve_features", help="MAUVE's feature model (default: --judge_hf)")
+  parser.add_argument("--puzzles", help="a puzzle file of `python -m tasks.puzzles`: score the "
+                      "samples prompted with its puzzles")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--device", default="cpu", help="torch device of the HF judge / MAUVE")
   parser.add_argument("--output", help="JSON lines appended here")
@@ -239,9 +278,10 @@ def main(argv: Sequence[str]) -> None:
     parser.error("--judge_gin and --judge_checkpoint go together.")
   if bindings and not gin_files:
     parser.error("--gin.* bindings configure the --judge_gin model; give --judge_gin.")
-  missing = [path for path in args.samples if not os.path.isfile(path)]
+  missing = [path for path in [*args.samples, args.puzzles or ""] if path and
+             not os.path.isfile(path)]
   if missing:
-    parser.error(f"no samples file {', '.join(missing)}.")
+    parser.error(f"no such file: {', '.join(missing)}.")
   summaries.configure_logging()
   judge: Optional[metrics.Judge] = None
   if args.judge_hf:
@@ -253,5 +293,8 @@ def main(argv: Sequence[str]) -> None:
     judge = gin_judge(gin_files, bindings, args.judge_checkpoint)
   output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.samples[0])),
                                        "eval.jsonl")
-  evaluate(args.samples, output, judge, args.batch_size, args.reference_file,
-           args.mauve_features or args.judge_hf, args.device)
+  try:
+    evaluate(args.samples, output, judge, args.batch_size, args.reference_file,
+             args.mauve_features or args.judge_hf, args.device, args.puzzles)
+  except ValueError as error:  # Bad samples or puzzle files: the message names the file.
+    raise SystemExit(f"eval error: {error}") from None

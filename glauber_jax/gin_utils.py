@@ -16,6 +16,9 @@ import re
 from typing import Any, Callable, Iterator, Sequence
 
 import gin
+from gin import resource_reader
+
+from glauber_jax import paths
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -100,6 +103,28 @@ def _explain(error: Exception, where: str) -> GinConfigError:
   return GinConfigError(f"{where}: {message.splitlines()[0]}{hint}")
 
 
+def _system_path_file_exists(config_path: str) -> bool:
+  """gin's probe for ``include 'a/b.gin'`` as a file of a Python package ``a``, except that a
+  plain directory ``a`` on ``sys.path`` (a namespace package, such as the ``runs/`` of model
+  directories in the working directory) means "no" instead of gin's ``TypeError``."""
+  try:
+    return resource_reader.system_path_file_exists(config_path)
+  except TypeError:
+    return False
+
+
+def _guard_gin_path_probe() -> None:
+  """Swaps gin's package-path probe for ``_system_path_file_exists`` (gin 0.5 keeps its file
+  readers in ``gin.config._FILE_READERS``; nothing happens if that changes)."""
+  readers = getattr(gin.config, "_FILE_READERS", [])
+  for index, (reader, exists) in enumerate(readers):
+    if exists is resource_reader.system_path_file_exists:
+      readers[index] = (reader, _system_path_file_exists)
+
+
+_guard_gin_path_probe()
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
               skip_unknown: bool = False) -> None:
   """Parses files then bindings (later wins), with the repository's ``gin/`` on the path.
@@ -167,12 +192,10 @@ def write_operative_config(model_dir: str, filename: str = "config.gin") -> str:
   """Writes the resolved configuration next to the checkpoints (process 0 only)."""
   import jax
 
-  path = os.path.join(model_dir, filename)
+  path = paths.resolve(model_dir) / filename
   if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(path, "w") as f:
-      f.write(gin.config_str())
-  return path
+    paths.write_text(path, gin.config_str())
+  return str(path)
 
 
 def run_configured(gin_files: Sequence[str], bindings: Sequence[str],

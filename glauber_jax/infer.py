@@ -14,8 +14,11 @@ Modes:
 - ``bound``: the likelihood bound (``PPL <= exp(-ELBO / L)``) on the task's held-out split
   (for the causal LM, its exact perplexity).
 
-Samples go to a JSONL file (one line per sample: text, token ids, the causal draft, the number
-of sites the rounds changed, and the settings) and the first few are printed.
+Samples go to a JSONL file (one line per sample: the prompt, the text, the continuation after
+the prompt, token ids, the causal draft, the number of sites the rounds changed, and the
+settings) and the first few are printed. Prompts come from ``infer.prompts`` and from
+``infer.prompts_file`` (a ``.jsonl`` file with a ``prompt`` field per line, such as the puzzle
+files of ``python -m tasks.puzzles``, or a text file with one prompt per line).
 """
 
 from __future__ import annotations
@@ -76,10 +79,19 @@ def load_inference_params(model: models.BaseModel, checkpoint: str, batch_size: 
   return params, teacher
 
 
-def _batches(total: int, batch_size: int) -> Iterator[int]:
-  while total > 0:
-    yield min(batch_size, total)
-    total -= batch_size
+def prompt_row_batches(prompt_ids: Sequence[Optional[list[int]]], num_samples: int, batch_size: int
+                 ) -> Iterator[list[tuple[int, Optional[list[int]]]]]:
+  """Batches of ``(prompt index, prefix ids)`` rows: ``num_samples`` rows per prompt, in prompt
+  order, a batch holding rows of one prefix length only (one compiled shape per length)."""
+  batch: list[tuple[int, Optional[list[int]]]] = []
+  for index, ids in enumerate(prompt_ids):
+    for _ in range(num_samples):
+      if batch and (len(batch) == batch_size or len(batch[0][1] or ()) != len(ids or ())):
+        yield batch
+        batch = []
+      batch.append((index, ids))
+  if batch:
+    yield batch
 
 
 def decode_text(vocab: Any, ids: Sequence[int]) -> str:
@@ -94,11 +106,31 @@ def decode_text(vocab: Any, ids: Sequence[int]) -> str:
   return "\n\n".join(pieces + [vocab.decode(current)])
 
 
+def read_prompts(path: str) -> list[str]:
+  """Prompts from a file: the ``prompt`` field of each line of a ``.jsonl`` file (as
+  ``python -m tasks.puzzles`` writes them), else one prompt per non-empty line."""
+  with open(path, encoding="utf-8") as f:
+    if path.endswith(".jsonl"):
+      prompts = []
+      for number, line in enumerate(f, 1):
+        if line.strip():
+          record = json.loads(line)
+          if "prompt" not in record:
+            raise ValueError(f"{path}:{number} has no 'prompt' field.")
+          prompts.append(record["prompt"])
+    else:
+      prompts = [line.rstrip("\n") for line in f if line.strip()]
+  if not prompts:
+    raise ValueError(f"prompts file {path} holds no prompt.")
+  return prompts
+
+
 def generate(model: Any, params: Any, *, mode: str,
              num_samples: int, batch_size: int, prompts: Sequence[str], num_rounds: Optional[int],
              temperature: float, top_k: int, top_p: float, infill_temperature: float,
              seed: int) -> Iterator[dict[str, Any]]:
-  """Yields one JSON-ready record per sample, prompt by prompt (or unconditionally)."""
+  """Yields one JSON-ready record per sample, prompt by prompt (or unconditionally); rows of
+  several prompts share a batch when their prefixes have the same number of tokens."""
   has_rounds = isinstance(model, glauber_model.GlauberDiffusionModel)
   rounds = 0 if mode == "causal" and has_rounds else num_rounds
   vocab = model.vocabulary
@@ -108,29 +140,27 @@ def generate(model: Any, params: Any, *, mode: str,
               "seq_len": model.seq_len, "temperature": temperature, "top_k": top_k,
               "top_p": top_p, "infill_temperature": infill_temperature, "seed": seed}
   rng = jax.random.PRNGKey(seed)
-  for prompt_index, prompt in enumerate(prompts or [None]):
-    prefix = None
-    if prompt is not None:
-      ids = vocab.encode(prompt)[: model.seq_len - 1]
-    for batch_index, rows in enumerate(_batches(num_samples, batch_size)):
-      if prompt is not None:
-        prefix = jnp.broadcast_to(jnp.asarray(ids, jnp.int32), (rows, len(ids)))
-      key = jax.random.fold_in(jax.random.fold_in(rng, prompt_index), batch_index)
-      start = time.perf_counter()
-      draft, final = model.sample(params, key, rows, prefix, rounds, temperature, top_k, top_p,
-                                  infill_temperature)
-      draft, final = np.asarray(draft), np.asarray(final)
-      seconds = time.perf_counter() - start
-      logging.info("batch of %d in %.2f s", rows, seconds)
-      for row in range(rows):
-        yield {
-            "prompt": prompt,
-            "text": decode_text(vocab, final[row].tolist()),
-            "token_ids": final[row].tolist(),
-            "causal_draft": decode_text(vocab, draft[row].tolist()),
-            "sites_changed": int(np.sum(draft[row] != final[row])),
-            "settings": settings,
-        }
+  prompts = list(prompts) or [None]
+  prompt_ids = [None if prompt is None else
+                [int(i) for i in vocab.encode(prompt)[: model.seq_len - 1]] for prompt in prompts]
+  for batch_index, batch in enumerate(prompt_row_batches(prompt_ids, num_samples, batch_size)):
+    rows, prefix_len = len(batch), len(batch[0][1] or ())
+    prefix = jnp.asarray([ids for _, ids in batch], jnp.int32) if prefix_len else None
+    start = time.perf_counter()
+    draft, final = model.sample(params, jax.random.fold_in(rng, batch_index), rows, prefix,
+                                rounds, temperature, top_k, top_p, infill_temperature)
+    draft, final = np.asarray(draft), np.asarray(final)
+    logging.info("batch of %d in %.2f s", rows, time.perf_counter() - start)
+    for row, (prompt_index, _) in enumerate(batch):
+      yield {
+          "prompt": prompts[prompt_index],
+          "text": decode_text(vocab, final[row].tolist()),
+          "continuation": decode_text(vocab, final[row, prefix_len:].tolist()),
+          "token_ids": final[row].tolist(),
+          "causal_draft": decode_text(vocab, draft[row].tolist()),
+          "sites_changed": int(np.sum(draft[row] != final[row])),
+          "settings": settings,
+      }
 
 
 def sequence_bound(model: Any, params: Any, teacher: Any, tokens: jax.Array, key: jax.Array
@@ -174,7 +204,8 @@ def likelihood_bound(model: Any, params: Any, teacher: Any, *,
 def infer(*, model: models.BaseModel = gin.REQUIRED,
           checkpoint: str = gin.REQUIRED, mode: str = "sample",
           output_file: Optional[str] = None, num_samples: int = 8, batch_size: int = 8,
-          prompts: Sequence[str] = (), num_rounds: Optional[int] = None,
+          prompts: Sequence[str] = (), prompts_file: Optional[str] = None,
+          num_rounds: Optional[int] = None,
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
           infill_temperature: float = 1.0, seed: int = 0, print_samples: int = 3,
           mixture_or_task_name: Optional[str] = None, eval_split: str = "validation",
@@ -189,6 +220,7 @@ def infer(*, model: models.BaseModel = gin.REQUIRED,
     num_samples: samples per prompt (or in all, unconditionally).
     batch_size: rows per compiled call.
     prompts: texts whose tokens are frozen as the prefix; empty: unconditional.
+    prompts_file: more prompts, read by ``read_prompts`` (e.g. puzzles to solve).
     num_rounds: reverse rounds (default: the trained ``N``).
     temperature, top_k, top_p: the causal phase's sampling.
     infill_temperature: temperature of the MASK-INFILL draws.
@@ -201,6 +233,8 @@ def infer(*, model: models.BaseModel = gin.REQUIRED,
   if not isinstance(model, SamplingModel):
     raise ValueError(f"infer samples from {[m.__name__ for m in SamplingModel]}; the gin files "
                      f"give {type(model).__name__} (use a *_glauber.gin, ar or mdlm file).")
+  if prompts_file:
+    prompts = [*prompts, *read_prompts(prompts_file)]
   params, teacher = load_inference_params(model, checkpoint, batch_size)
   output_file = output_file or os.path.join(checkpoint, f"infer_{mode}.jsonl")
   if mode == "bound":

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Mapping, Sequence
 
 import jax
+
+from glauber_jax import paths
 
 
 def configure_logging() -> None:
@@ -27,10 +28,7 @@ def configure_logging() -> None:
 
 def write_jsonl(path: str, records: Sequence[Mapping[str, Any]], append: bool = False) -> None:
   """Writes (or appends) one JSON object per line, creating the directory."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "a" if append else "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record) + "\n")
+  paths.write_text(path, "".join(json.dumps(record) + "\n" for record in records), append)
   logging.info("%s %d records to %s", "Appended" if append else "Wrote", len(records), path)
 
 
@@ -43,8 +41,9 @@ class SummaryWriter:
       return
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    os.makedirs(log_dir, exist_ok=True)
-    self._writer = EventFileWriter(log_dir)
+    directory = paths.resolve(log_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    self._writer = EventFileWriter(str(directory))
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     if self._writer is None:

@@ -112,6 +112,11 @@ def _puzzle_pairs(kind: str, split: str) -> Iterator[tuple[str, str]]:
     yield puzzles.to_text_pair(example)
 
 
+def _puzzle_documents(kind: str, split: str) -> Iterator[str]:
+  for example in puzzles.build_examples(kind, split, puzzle_sizes()[split], seed=0):
+    yield puzzles.to_document(example)
+
+
 def _openwebtext_id() -> str:
   return files_signature([openwebtext_path()])
 
@@ -162,6 +167,16 @@ for _kind in puzzles.PUZZLE_KINDS:
   data.register_task(data.Task(
       _kind, functools.partial(_puzzle_pairs, _kind), vocabularies.ByteVocabulary,
       "text_pair", f"{_kind} puzzles (tasks.puzzles), bytes, text pairs",
+      source_id=_puzzles_id))
+
+# Sudoku as language modelling: each document is puzzle + solution (81 + 81 bytes, then EOS),
+# so with L = 163 every chunk is one whole document and a model prompted with a puzzle
+# continues with its solution (infer.prompts_file, eval --puzzles).
+for _suffix in ("ul2", "lm"):
+  data.register_task(data.Task(
+      f"sudoku_{_suffix}", functools.partial(_puzzle_documents, "sudoku"),
+      vocabularies.ByteVocabulary, _suffix,
+      f"sudoku puzzle+solution documents (tasks.puzzles), bytes, {_suffix}",
       source_id=_puzzles_id))
 
 # The broader English mixture (Shakespeare 4.3M characters + Brown 5.4M), GPT-2 BPE; Brown is

@@ -129,12 +129,22 @@ def test_baselines_train_sample_and_bound_through_the_same_clis(tmp_path: pathli
               "--gin.BATCH_SIZE=4", "--gin.train.show_progress=False"]
     trained = run(cli("glauber_jax.train", *shrink, "--gin.TRAIN_STEPS=2"))
     assert trained.returncode == 0, trained.stderr[-3000:]
+    # The causal LM samples unconditionally, MDLM continues the prompts of a file (rows of
+    # prompts with equally many tokens share a batch).
+    prompts = ["To be, or not", "Friends, Romans", "To be, or not"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    prompted = ([f"--gin.infer.prompts_file='{tmp_path / 'prompts.txt'}'"]
+                if config == "mdlm_tiny" else [])
     sampled = run(cli("glauber_jax.infer", *shrink, f"--checkpoint={model_dir}",
-                      "--gin.infer.num_samples=2", "--gin.infer.batch_size=2"))
+                      "--gin.infer.num_samples=2", "--gin.infer.batch_size=3", *prompted))
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     records = [json.loads(line) for line in open(model_dir / "infer_sample.jsonl",
                                                  encoding="utf-8")]
-    assert len(records) == 2 and len(records[0]["token_ids"]) == 64
+    assert len(records) == (6 if prompted else 2) and len(records[0]["token_ids"]) == 64
+    if prompted:
+      assert [record["prompt"] for record in records] == [p for p in prompts for _ in range(2)]
+      assert all(record["text"].startswith(record["prompt"]) for record in records)
+      assert all(record["text"].endswith(record["continuation"]) for record in records)
     bound = run(cli("glauber_jax.infer", *shrink, f"--checkpoint={model_dir}", "--mode=bound",
                     "--gin.infer.batch_size=2", "--gin.infer.num_eval_batches=1"))
     assert bound.returncode == 0, bound.stderr[-3000:]

@@ -12,6 +12,7 @@ import pytest
 
 from glauber_jax import data, vocabularies
 import tasks  # noqa: F401  Registers the tasks named below.
+from tasks import puzzles
 
 WORDS = ["thou", "art", "the", "king", "of", "night", "and", "day", "my", "lord"]
 SOURCE_CALLS: dict[str, int] = {}
@@ -328,6 +329,21 @@ def test_puzzle_tasks_are_text_pairs() -> None:
   puzzle = vocab.decode(batches[0]["encoder_input_tokens"][0])
   solution = vocab.decode(batches[0]["decoder_target_tokens"][0])
   assert len(solution) >= 81 and puzzle != solution
+
+
+def test_sudoku_lm_chunks_are_whole_puzzle_solution_documents() -> None:
+  with gin.unlock_config():
+    gin.bind_parameter("puzzle_sizes.validation", 4)
+  try:
+    iterator = data.get_batch_iterator("sudoku_lm", "validation", {"targets": 163}, 4,
+                                       shuffle=False, repeat=False)
+    rows = next(iterator)["targets"]
+    examples = list(puzzles.build_examples("sudoku", "validation", 4))
+  finally:
+    gin.clear_config()
+  vocab = vocabularies.ByteVocabulary()
+  assert [vocab.decode(row[:162]) for row in rows] == [puzzles.to_document(e) for e in examples]
+  assert (rows[:, 162] == vocab.eos_id).all()
 
 
 def test_command_line_lists_and_exports(tmp_path: pathlib.Path,

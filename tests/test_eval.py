@@ -15,6 +15,7 @@ import jax
 import pytest
 
 from glauber_jax import checkpoints, eval as eval_cli, gin_utils, metrics, vocabularies
+from tasks import puzzles
 from test_metrics import CORPUS, needs_torch, save_tiny_gpt2
 
 VOCAB = vocabularies.ByteVocabulary()
@@ -84,7 +85,7 @@ def test_cli_without_judge_prints_a_table_and_appends_rows(
 def test_cli_rejects_bad_input(tmp_path: pathlib.Path) -> None:
   bound = tmp_path / "bound.jsonl"
   bound.write_text(json.dumps({"mode": "bound", "perplexity_upper_bound": 3.0}) + "\n")
-  with pytest.raises(ValueError, match="not a samples file"):
+  with pytest.raises(SystemExit, match="not a samples file"):
     eval_cli.main([f"--samples={bound}"])
   with pytest.raises(SystemExit):
     eval_cli.main([f"--samples={bound}", "--judge_hf=x", "--judge_gin=gin/ar_tiny.gin",
@@ -93,6 +94,34 @@ def test_cli_rejects_bad_input(tmp_path: pathlib.Path) -> None:
     eval_cli.main([f"--samples={bound}", f"--judge_hf={tmp_path / 'absent'}"])
   with pytest.raises(SystemExit):
     eval_cli.main([f"--samples={tmp_path / 'absent.jsonl'}"])
+
+
+def test_cli_scores_puzzle_answers(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+                                   ) -> None:
+  examples = list(puzzles.build_examples("sudoku", "validation", 3, difficulty="easy"))
+  puzzle_file = tmp_path / "puzzles.jsonl"
+  puzzles.write_prompt_file(str(puzzle_file), examples)
+  blanks = [i for i, cell in enumerate(examples[1].puzzle) if cell == "0"]
+  half_right = "".join("1" if i in blanks[::2] and cell != "1" else cell
+                       for i, cell in enumerate(examples[1].solution))
+  continuations = [examples[0].solution + "\n\njunk after EOS", half_right, "no answer"]
+  samples = tmp_path / "samples.jsonl"
+  samples.write_text("".join(json.dumps(
+      {"prompt": e.puzzle, "text": e.puzzle + c, "continuation": c,
+       "token_ids": VOCAB.encode(e.puzzle + c).tolist(), "settings": {"mode": "sample"}}) + "\n"
+      for e, c in zip(examples, continuations)))
+  output = tmp_path / "results.jsonl"
+  eval_cli.main([f"--samples={samples}", f"--puzzles={puzzle_file}", f"--output={output}"])
+  assert "solved" in capsys.readouterr().out.splitlines()[0]
+  row = read_rows(output)[0]
+  wrong_cells = sum(1 for i in blanks if half_right[i] != examples[1].solution[i])
+  assert 0 < wrong_cells < len(blanks)
+  assert row["exact_solve"] == pytest.approx(1 / 3)
+  assert row["cell_accuracy"] == pytest.approx((1 + 1 - wrong_cells / len(blanks)) / 3)
+  assert row["puzzles_scored"] == 3 and row["puzzle_file"] == str(puzzle_file)
+  unprompted = write_samples(tmp_path / "unprompted.jsonl", CORPUS, "sample", 1)
+  with pytest.raises(SystemExit, match="no sample was prompted"):
+    eval_cli.main([f"--samples={unprompted}", f"--puzzles={puzzle_file}"])
 
 
 @needs_torch

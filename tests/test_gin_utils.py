@@ -1,5 +1,7 @@
 """Gin flags and the errors a user sees for bad configurations."""
 
+import os
+
 import gin
 import pytest
 
@@ -29,6 +31,17 @@ def test_size_file_parses_and_sets_macros():
   gin_utils.parse_gin(["gin/ul2_tiny.gin"], ["TRAIN_STEPS=7"])
   assert gin.query_parameter("%TRAIN_STEPS") == 7
   assert gin_utils.missing_required_macros() == []
+
+
+def test_includes_resolve_beside_directories_named_like_them(tmp_path, monkeypatch):
+  """``runs/`` (model directories) and ``models/`` in the working directory, which is on
+  ``sys.path`` under ``python -m``, must not break ``include 'runs/pretrain.gin'``."""
+  for name in ("runs", "models"):
+    (tmp_path / name).mkdir()
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  gin_utils.parse_gin([os.path.join(gin_utils.GIN_DIR, "ul2_tiny.gin")], ["TRAIN_STEPS=7"])
+  assert gin.query_parameter("%TRAIN_STEPS") == 7
 
 
 def test_unknown_binding_names_the_typo_and_suggests():

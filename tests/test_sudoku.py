@@ -169,3 +169,23 @@ def test_common_interface_for_sudoku(medium):
 def test_puzzle_package_does_not_import_tensorflow():
     code = "import sys, tasks.puzzles; assert not {'tensorflow', 'seqio'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_documents_answers_and_prompt_files(medium, tmp_path):
+    puzzle, solution = medium
+    example = puzzles.PuzzleExample("sudoku", puzzle, solution)
+    assert puzzles.to_document(example) == puzzle + solution
+    # The answer: the continuation's first 81 non-space characters, before the first EOS.
+    assert puzzles.extract_answer("sudoku", solution + "7\n\n" + puzzle) == solution
+    assert puzzles.extract_answer("sudoku", " ".join(solution[:40]) + solution[40:]) == solution
+    assert puzzles.extract_answer("sudoku", solution[:40] + "\n\n" + solution[40:]) == solution[:40]
+    assert puzzles.extract_answer("zebra", "House 1: red\n\nHouse 2") == "House 1: red"
+    path = tmp_path / "puzzles.jsonl"
+    subprocess.run([sys.executable, "-m", "tasks.puzzles", "--kind=sudoku", "--split=test",
+                    "--num_examples=2", "--difficulty=easy", f"--output={path}"], check=True,
+                   cwd=REPO_ROOT)
+    read = puzzles.read_prompt_file(str(path))
+    assert read == list(puzzles.build_examples("sudoku", "test", 2, difficulty="easy"))
+    path.write_text('{"kind": "sudoku", "prompt": "0"}\n')
+    with pytest.raises(ValueError, match="lacks \\['solution'\\]"):
+        puzzles.read_prompt_file(str(path))

@@ -1,8 +1,11 @@
 """Logic puzzles (Sudoku, Zebra) as text-to-text tasks, after Kim et al. (2025).
 
 Pure Python/numpy: nothing here imports TensorFlow or seqio. The common interface
-is :class:`PuzzleExample` plus :func:`build_examples`, :func:`to_text_pair` and
-the metrics :func:`exact_solve`, :func:`cell_accuracy` and :func:`evaluate`; the
+is :class:`PuzzleExample` plus :func:`build_examples`, the formats
+:func:`to_text_pair` and :func:`to_document`, the prompt files
+(:func:`write_prompt_file`, :func:`read_prompt_file`; ``python -m tasks.puzzles``
+writes one), :func:`extract_answer` and the metrics :func:`exact_solve`,
+:func:`cell_accuracy` and :func:`evaluate`; the
 per-puzzle modules :mod:`tasks.puzzles.sudoku` and :mod:`tasks.puzzles.zebra`
 hold the solvers, generators and formats. See ``docs/puzzles.md``.
 """
@@ -10,6 +13,7 @@ hold the solvers, generators and formats. See ``docs/puzzles.md``.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator, Sequence
 
 from tasks.puzzles import sudoku, zebra
@@ -46,6 +50,53 @@ def build_examples(
 def to_text_pair(example: PuzzleExample) -> tuple[str, str]:
     """The ``(inputs, targets)`` texts a model is trained on: the puzzle and its solution."""
     return example.puzzle, example.solution
+
+
+def to_document(example: PuzzleExample) -> str:
+    """The puzzle and its solution as one document, for language-model tasks: a model given
+    the puzzle as its prefix continues with the solution (see :func:`extract_answer`)."""
+    return example.puzzle + example.solution
+
+
+def extract_answer(kind: str, continuation: str) -> str:
+    """The answer in a model's ``continuation`` of a puzzle prefix: the text before the first
+    blank line (``glauber_jax.infer`` writes EOS as one); for Sudoku, whose answers have a
+    fixed length, its first 81 non-space characters."""
+    answer = continuation.split("\n\n", 1)[0]
+    if kind == "sudoku":
+        return sudoku.normalize_prediction(answer)[: sudoku.NUM_CELLS]
+    return answer
+
+
+def write_prompt_file(path: str, examples: Sequence[PuzzleExample]) -> None:
+    """Writes one JSON line per example (``kind``, ``prompt`` = the puzzle, ``solution``):
+    the ``prompts_file`` of ``glauber_jax.infer`` and the ``--puzzles`` of
+    ``glauber_jax.eval``."""
+    with open(path, "w", encoding="utf-8") as f:
+        for example in examples:
+            record = {"kind": example.kind, "prompt": example.puzzle, "solution": example.solution}
+            f.write(json.dumps(record) + "\n")
+
+
+def read_prompt_file(path: str) -> list[PuzzleExample]:
+    """The examples of a file written by :func:`write_prompt_file`."""
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            missing = {"kind", "prompt", "solution"} - set(record)
+            if missing:
+                raise ValueError(f"{path}:{number} lacks {sorted(missing)}: not a puzzle file "
+                                 "of `python -m tasks.puzzles`.")
+            if record["kind"] not in PUZZLE_KINDS:
+                raise ValueError(f"{path}:{number}: kind {record['kind']!r} not in "
+                                 f"{PUZZLE_KINDS}.")
+            examples.append(PuzzleExample(record["kind"], record["prompt"], record["solution"]))
+    if not examples:
+        raise ValueError(f"{path} holds no puzzle.")
+    return examples
 
 
 def exact_solve(example: PuzzleExample, prediction: str) -> bool:
@@ -85,7 +136,11 @@ __all__ = [
     "cell_accuracy",
     "evaluate",
     "exact_solve",
+    "extract_answer",
+    "read_prompt_file",
     "sudoku",
+    "to_document",
     "to_text_pair",
+    "write_prompt_file",
     "zebra",
 ]
