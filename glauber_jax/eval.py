@@ -54,19 +54,8 @@ DISTINCT_NS = (1, 2, 3, 4)
 
 def read_samples(path: str) -> list[dict[str, Any]]:
   """The records of an ``infer`` samples file (each with ``text`` and ``token_ids``)."""
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      record = json.loads(line)
-      if "text" not in record or "token_ids" not in record:
-        raise ValueError(f"{path}:{number} has no 'text' and 'token_ids': not a samples file "
-                         "of `glauber_jax.infer --mode=sample|causal`.")
-      records.append(record)
-  if not records:
-    raise ValueError(f"{path} holds no sample.")
-  return records
+  return summaries.read_jsonl(path, ("text", "token_ids"),
+                              "a samples file of `glauber_jax.infer --mode=sample|causal`")
 
 
 def read_references(path: str) -> list[str]:

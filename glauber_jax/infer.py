@@ -109,17 +109,11 @@ def decode_text(vocab: Any, ids: Sequence[int]) -> str:
 def read_prompts(path: str) -> list[str]:
   """Prompts from a file: the ``prompt`` field of each line of a ``.jsonl`` file (as
   ``python -m tasks.puzzles`` writes them), else one prompt per non-empty line."""
+  if path.endswith(".jsonl"):
+    return [record["prompt"] for record in
+            summaries.read_jsonl(path, ("prompt",), "a prompts file")]
   with open(path, encoding="utf-8") as f:
-    if path.endswith(".jsonl"):
-      prompts = []
-      for number, line in enumerate(f, 1):
-        if line.strip():
-          record = json.loads(line)
-          if "prompt" not in record:
-            raise ValueError(f"{path}:{number} has no 'prompt' field.")
-          prompts.append(record["prompt"])
-    else:
-      prompts = [line.rstrip("\n") for line in f if line.strip()]
+    prompts = [line.rstrip("\n") for line in f if line.strip()]
   if not prompts:
     raise ValueError(f"prompts file {path} holds no prompt.")
   return prompts

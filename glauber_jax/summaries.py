@@ -32,6 +32,24 @@ def write_jsonl(path: str, records: Sequence[Mapping[str, Any]], append: bool = 
   logging.info("%s %d records to %s", "Appended" if append else "Wrote", len(records), path)
 
 
+def read_jsonl(path: str, required: Sequence[str], what: str) -> list[dict[str, Any]]:
+  """The JSON objects of a file, one per non-empty line, each holding the ``required`` fields
+  (else a ValueError naming the line and ``what`` the file should be); at least one."""
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      record = json.loads(line)
+      missing = [field for field in required if field not in record]
+      if missing:
+        raise ValueError(f"{path}:{number} lacks {missing}: not {what}.")
+      records.append(record)
+  if not records:
+    raise ValueError(f"{path} holds no record: not {what}.")
+  return records
+
+
 class SummaryWriter:
   """Scalar summaries for one run directory (``model_dir/train`` by convention)."""
 

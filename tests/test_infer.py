@@ -28,7 +28,7 @@ def test_prompt_files(tmp_path: pathlib.Path) -> None:
   records.write_text(json.dumps({"prompt": "0123", "solution": "x"}) + "\n")
   assert infer.read_prompts(str(records)) == ["0123"]
   records.write_text(json.dumps({"text": "0123"}) + "\n")
-  with pytest.raises(ValueError, match="no 'prompt' field"):
+  with pytest.raises(ValueError, match=r"lacks \['prompt'\]"):
     infer.read_prompts(str(records))
   (tmp_path / "empty.txt").write_text("\n")
   with pytest.raises(ValueError, match="holds no prompt"):
