@@ -135,8 +135,13 @@ def generate(model: Any, params: Any, *, mode: str,
               "top_p": top_p, "infill_temperature": infill_temperature, "seed": seed}
   rng = jax.random.PRNGKey(seed)
   prompts = list(prompts) or [None]
-  prompt_ids = [None if prompt is None else
-                [int(i) for i in vocab.encode(prompt)[: model.seq_len - 1]] for prompt in prompts]
+  prompt_ids = [None if prompt is None else [int(i) for i in vocab.encode(prompt)]
+                for prompt in prompts]
+  for index, ids in enumerate(prompt_ids):
+    if ids is not None and len(ids) >= model.seq_len:
+      logging.warning("prompt %d has %d tokens; its first %d are kept (L = %d).", index,
+                      len(ids), model.seq_len - 1, model.seq_len)
+      prompt_ids[index] = ids[: model.seq_len - 1]
   for batch_index, batch in enumerate(prompt_row_batches(prompt_ids, num_samples, batch_size)):
     rows, prefix_len = len(batch), len(batch[0][1] or ())
     prefix = jnp.asarray([ids for _, ids in batch], jnp.int32) if prefix_len else None
