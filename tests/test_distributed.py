@@ -245,8 +245,11 @@ def _shellcheck() -> Optional[str]:
 
 
 def _scripts() -> list[str]:
+  """The launchers, plus the shell scripts of bench/ and experiments/."""
   return sorted(glob.glob(str(LAUNCH / "**" / "*.sh"), recursive=True) +
-                glob.glob(str(LAUNCH / "**" / "*.sbatch"), recursive=True))
+                glob.glob(str(LAUNCH / "**" / "*.sbatch"), recursive=True) +
+                glob.glob(str(LAUNCH.parent / "bench" / "*.sh")) +
+                glob.glob(str(LAUNCH.parent / "experiments" / "*.sh")))
 
 
 def test_launch_scripts_pass_shellcheck() -> None:
