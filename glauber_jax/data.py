@@ -2,7 +2,8 @@
 
 A ``Task`` names a document source, a vocabulary and a preprocessor:
 
-- ``ul2``: documents are tokenised, joined with EOS, wrapped into chunks (``tokenized_chunks``)
+- ``ul2``: documents are tokenised, joined with EOS (none for a task with
+  ``append_eos=False``), wrapped into chunks (``tokenized_chunks``)
   and each chunk becomes one mixture-of-denoisers example (``denoisers.ul2_example``) with
   features ``encoder_input_tokens``, ``decoder_input_tokens``, ``decoder_target_tokens`` and
   ``decoder_loss_weights``. The chunk length is the longest every denoiser fits into
@@ -76,6 +77,10 @@ class Task:
     ul2_denoisers: the ``ul2`` mixture of denoisers (default: gin's ``ul2_denoisers()``).
     source_id: names what ``source`` currently reads (a path and its files' sizes, say), so
       the chunk cache of a reconfigured source is not reused; ``None`` for fixed sources.
+    append_eos: whether ``ul2`` and ``lm`` documents are followed by EOS before they are
+      joined into chunks. False for documents that are fixed-length sequences with no end
+      (the synthetic languages: with ``lm`` chunks of that length, each chunk is exactly one
+      document).
   """
 
   name: str
@@ -86,6 +91,7 @@ class Task:
   splits: tuple[str, ...] = ("train", "validation", "test")
   ul2_denoisers: Optional[Callable[[], Sequence[denoisers.DenoiserConfig]]] = None
   source_id: Optional[Callable[[], str]] = None
+  append_eos: bool = True
 
   def __post_init__(self) -> None:
     if self.preprocessor not in PREPROCESSORS:
@@ -254,7 +260,10 @@ def _write_chunks(task: Task, split: str, vocab: vocabularies.Vocabulary, chunk_
     np.save(os.path.join(scratch, shards[-1]), tokens.reshape(-1, chunk_length))
 
   for document in task.source(split):
-    ids = np.append(vocab.encode(document), vocab.eos_id).astype(dtype)
+    ids = vocab.encode(document)
+    if task.append_eos:
+      ids = np.append(ids, vocab.eos_id)
+    ids = ids.astype(dtype)
     pending.append(ids)
     pending_tokens += len(ids)
     documents += 1
@@ -286,13 +295,15 @@ def _write_chunks(task: Task, split: str, vocab: vocabularies.Vocabulary, chunk_
 
 def tokenized_chunks(task: Task, split: str, chunk_length: int,
                      tokens_per_shard: int = TOKENS_PER_SHARD) -> ChunkStore:
-  """The split's documents tokenised, each followed by EOS, concatenated and wrapped into
-  ``chunk_length``-token chunks (the remainder is dropped); built once (streaming, in shards
-  of about ``tokens_per_shard`` tokens), then memory-mapped from the cache."""
+  """The split's documents tokenised, each followed by EOS (unless ``task.append_eos`` is
+  False), concatenated and wrapped into ``chunk_length``-token chunks (the remainder is
+  dropped); built once (streaming, in shards of about ``tokens_per_shard`` tokens), then
+  memory-mapped from the cache."""
   if chunk_length < 1:
     raise ValueError(f"chunk length must be positive, got {chunk_length}.")
   vocab = task.vocabulary()
-  directory = _cache_path(task, split, vocab, f"chunks{chunk_length}")
+  kind = f"chunks{chunk_length}" + ("" if task.append_eos else "-noeos")
+  directory = _cache_path(task, split, vocab, kind)
   index = _build_once(directory, functools.partial(_write_chunks, task, split, vocab,
                                                    chunk_length, tokens_per_shard))
   return ChunkStore(directory, index)

