@@ -7,6 +7,12 @@ the encoder input:
 - X-denoisers (``[NLG]``): extreme corruption, spans 3 and 8 at 50%, span 64 at 15% and 50%;
 - S-denoiser (``[S2S]``): prefix LM, the encoder reads a prefix and the decoder continues it.
 
+One denoiser is ours, not UL2's: the I-denoiser (``[NLU]``, ``single_site``) masks exactly one
+token, drawn uniformly over the chunk (site 0 included, which span corruption never masks), in
+exactly the MASK-INFILL format the Glauber chain queries (``mask_infill``). Its rate is 0 by
+default (UL2's mixture); ``ul2_denoisers.i_rate`` turns it on for a UL2 meant as a Glauber
+teacher.
+
 Span corruption replaces each noise span by a sentinel in the inputs; the targets list the
 spans, each after its sentinel (T5's convention: every non-noise span of the targets becomes a
 sentinel). The Glauber formats reuse exactly this: MASK-INFILL is span corruption with a single
@@ -40,6 +46,7 @@ class DenoiserConfig:
     mean_span_length: mean noise span length (span denoisers).
     noise_density: fraction of the tokens corrupted (span denoisers).
     prefix_lm: True for the S-denoiser (no spans).
+    single_site: True for the I-denoiser: one masked token, the MASK-INFILL format.
     rate: mixture weight (normalised over the mixture).
   """
 
@@ -48,6 +55,7 @@ class DenoiserConfig:
   mean_span_length: Optional[float] = None
   noise_density: Optional[float] = None
   prefix_lm: bool = False
+  single_site: bool = False
   rate: float = 1.0
 
   def __post_init__(self) -> None:
@@ -57,6 +65,14 @@ class DenoiserConfig:
       raise ValueError(f"denoiser {self.name}: mode {self.mode!r} not in {MODES}.")
     if not (math.isfinite(self.rate) and self.rate >= 0):
       raise ValueError(f"denoiser {self.name}: rate must be finite and >= 0, got {self.rate}.")
+    if self.single_site:
+      if self.prefix_lm or self.mode != "[NLU]":
+        raise ValueError(f"denoiser {self.name}: a single-site denoiser is MASK-INFILL, mode "
+                         f"'[NLU]' and no prefix LM.")
+      if self.mean_span_length is not None or self.noise_density is not None:
+        raise ValueError(f"denoiser {self.name}: a single-site denoiser takes no "
+                         "mean_span_length or noise_density.")
+      return
     if self.prefix_lm:
       if self.mode != "[S2S]":
         raise ValueError(f"denoiser {self.name}: a prefix LM is UL2's S-denoiser, its mode is "
@@ -74,9 +90,10 @@ class DenoiserConfig:
 
 
 @gin.configurable
-def ul2_denoisers(r_rate: float = 0.25, x_rate: float = 0.5, s_rate: float = 0.25
-                  ) -> tuple[DenoiserConfig, ...]:
-  """UL2's seven denoisers; each paradigm's rate is split evenly among its denoisers.
+def ul2_denoisers(r_rate: float = 0.25, x_rate: float = 0.5, s_rate: float = 0.25,
+                  i_rate: float = 0.0) -> tuple[DenoiserConfig, ...]:
+  """UL2's seven denoisers, plus the single-site I-denoiser when ``i_rate > 0``; each
+  paradigm's rate is split evenly among its denoisers.
 
   Defaults: the S-denoiser gets a quarter of the mixture and the six span denoisers share the
   rest equally (0.125 each, so R 0.25 and X 0.5). These weights are our choice, not numbers
@@ -87,7 +104,8 @@ def ul2_denoisers(r_rate: float = 0.25, x_rate: float = 0.5, s_rate: float = 0.2
   x = [DenoiserConfig(f"X{span}-{int(density * 100)}", "[NLG]", span, density, rate=x_rate / 4)
        for span, density in ((3, 0.5), (8, 0.5), (64, 0.15), (64, 0.5))]
   s = [DenoiserConfig("S", "[S2S]", prefix_lm=True, rate=s_rate)]
-  return tuple(r + x + s)
+  i = [DenoiserConfig("I", "[NLU]", single_site=True, rate=i_rate)] if i_rate > 0 else []
+  return tuple(r + x + s + i)
 
 
 UL2_DENOISERS = ul2_denoisers()
@@ -188,6 +206,19 @@ def prefix_lm(tokens: np.ndarray, rng: np.random.Generator, vocab: Vocabulary
   return inputs, tokens[split:].astype(np.int32)
 
 
+def single_site_infill(tokens: np.ndarray, rng: np.random.Generator, vocab: Vocabulary
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """The I-denoiser: ``([NLU] x_{-k}, <s0> x_k)``, no EOS, with ``k`` uniform over the chunk:
+  ``mask_infill``'s format, so the model is trained on exactly what the Glauber chain asks."""
+  tokens = np.asarray(tokens)
+  if len(tokens) < 1:
+    raise ValueError("the single-site denoiser needs at least 1 token.")
+  features = mask_infill(tokens, int(rng.integers(0, len(tokens))),
+                         SpecialIds.from_vocabulary(vocab))
+  return (features["encoder_input_tokens"][:-1].astype(np.int32),
+          features["decoder_target_tokens"].astype(np.int32))
+
+
 def max_example_lengths(config: DenoiserConfig, chunk_length: int) -> tuple[int, int]:
   """The largest ``(inputs, targets)`` lengths, mode token and EOS included, that ``config``
   makes from a chunk of ``chunk_length`` tokens or fewer.
@@ -199,6 +230,8 @@ def max_example_lengths(config: DenoiserConfig, chunk_length: int) -> tuple[int,
   """
   if config.prefix_lm:
     return chunk_length + 1, chunk_length + 1
+  if config.single_site:  # [NLU] x_{-k} EOS and <s0> x_k EOS.
+    return chunk_length + 2, 3
   num_noise, num_spans = _num_noise_and_spans(chunk_length, config.noise_density,
                                               config.mean_span_length)
   return 1 + chunk_length - num_noise + num_spans + 1, num_spans + num_noise + 1
@@ -213,7 +246,7 @@ def check_lengths(denoisers: Sequence[DenoiserConfig], chunk_length: int, inputs
   for config in denoisers:
     if config.rate == 0:
       continue
-    if not config.prefix_lm:
+    if not (config.prefix_lm or config.single_site):
       _, num_spans = _num_noise_and_spans(chunk_length, config.noise_density,
                                           config.mean_span_length)
       if num_spans > vocabularies.NUM_SENTINELS:
@@ -288,6 +321,8 @@ def ul2_example(tokens: np.ndarray, rng: np.random.Generator,
   try:
     if config.prefix_lm:
       inputs, targets = prefix_lm(tokens, rng, vocab)
+    elif config.single_site:
+      inputs, targets = single_site_infill(tokens, rng, vocab)
     else:
       inputs, targets = span_corruption(tokens, rng, config, vocab)
     return encoder_decoder_features(inputs, targets, inputs_length, targets_length)

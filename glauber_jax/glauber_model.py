@@ -15,6 +15,11 @@ This is the paper's model, following ``shared/design/glauber.md``:
   site MASK-INFILL steps in reverse permutation order, all in one compiled program.
 - ``likelihood_bound``: the design note's ELBO (a ``<=`` perplexity).
 
+- ``chain_health``: is the teacher an energy function the rounds can use? Printed when Glauber
+  training starts (a teacher whose infill is no better than the prior's next-token prediction is
+  refused unless ``allow_context_blind_teacher``), and logged during training as
+  ``teacher_cross_entropy`` and ``changed_fraction``.
+
 Tokens the text can never hold (pad, unknown, sentinels, mode tokens and padding ids) get
 probability zero in every draw: the forward kernel, the infill steps and the causal phase. EOS
 stays allowed: it separates the documents packed into a training sequence.
@@ -23,6 +28,7 @@ stays allowed: it separates the documents packed into a training sequence.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -53,20 +59,31 @@ class GlauberDiffusionModel(models.BaseModel):
     seq_len: ``L``, the length of the generated sequences (``TASK_FEATURE_LENGTHS["targets"]``).
     num_rounds: ``N``, Glauber rounds; ``T = N * L`` forward steps.
     permutation_seed: seed of the ``N`` site permutations (saved with every checkpoint).
-    loss: ``score_entropy`` (the paper's) or ``ce``.
+    loss: ``ce`` (default, lowest variance), ``score_entropy_rb`` (the paper's score entropy,
+      Rao-Blackwellised) or ``score_entropy`` (as written); all share one minimiser
+      (``glauber.pair_loss``).
     training_mode: ``buffer`` (trajectory buffer, default) or ``literal`` (Algorithm 1).
-    teacher_refresh_steps: copy the student into the teacher every this many steps; 0: never.
+    teacher_refresh_steps: copy the student into the teacher every this many steps; 0 (the
+      default): never. A refresh copies whatever the student is, so only turn it on once the
+      student beats the teacher on held-out infill cross entropy.
     forward_mixing: ``eps`` of the forward kernel ``(1 - eps) q + eps * uniform`` (bounds the
       score-entropy ratio; see ``glauber.mix_with_uniform``).
+    prior_loss_weight: weight of the prior's loss, CAUSAL-GEN's (``t = T``) mean per-token
+      cross entropy on the batch's data rows, against the mean pair loss. The prior and the
+      reverse kernel share the network, so without it the prior drifts while the reverse
+      kernel trains (measured in ``docs/results.md``); 0 turns it off.
+    allow_context_blind_teacher: start training even when ``chain_health`` finds the
+      teacher's infill no better than the prior's next-token prediction.
   """
 
   feature_names = ("targets",)
 
   def __init__(self, network_config: network.NetworkConfig = gin.REQUIRED,
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED, seq_len: int = gin.REQUIRED,
-               num_rounds: int = 1, permutation_seed: int = 0, loss: str = "score_entropy",
-               training_mode: str = "buffer", teacher_refresh_steps: int = 1000,
-               forward_mixing: float = 1e-3) -> None:
+               num_rounds: int = 1, permutation_seed: int = 0, loss: str = "ce",
+               training_mode: str = "buffer", teacher_refresh_steps: int = 0,
+               forward_mixing: float = 1e-3, prior_loss_weight: float = 1.0,
+               allow_context_blind_teacher: bool = False) -> None:
     if not network_config.time_conditioning:
       raise ValueError("GlauberDiffusionModel needs NetworkConfig.time_conditioning = True.")
     if network_config.vocab_size != vocabulary.vocab_size:
@@ -84,6 +101,8 @@ class GlauberDiffusionModel(models.BaseModel):
       raise ValueError(f"training_mode={training_mode!r}; expected one of {TRAINING_MODES}.")
     if not 0.0 <= forward_mixing < 1.0:
       raise ValueError(f"forward_mixing must be in [0, 1), got {forward_mixing}.")
+    if prior_loss_weight < 0:
+      raise ValueError(f"prior_loss_weight must be >= 0, got {prior_loss_weight}.")
     self.network_config = network_config
     self.module = network.Transformer(network_config)
     self.vocabulary = vocabulary
@@ -97,6 +116,8 @@ class GlauberDiffusionModel(models.BaseModel):
     self.training_mode = training_mode
     self.teacher_refresh_steps = teacher_refresh_steps
     self.forward_mixing = forward_mixing
+    self.prior_loss_weight = prior_loss_weight
+    self.allow_context_blind_teacher = allow_context_blind_teacher
 
   @property
   def seq_len(self) -> int:
@@ -110,14 +131,25 @@ class GlauberDiffusionModel(models.BaseModel):
 
   def infill_logits(self, params: Params, tokens: Array, sites: Array, times: Array,
                     dropout_rng: Optional[Array] = None) -> Array:
-    """Float32 logits ``[B, V]`` of MASK-INFILL at ``sites`` and ``times``; special ids -1e9."""
+    """Float32 logits ``[B, V]`` of MASK-INFILL at ``sites`` and ``times``; special ids -1e9.
+
+    Read out by the decoder (``[start, sentinel_0]``, position 1) or, with
+    ``NetworkConfig.infill_readout = "encoder"``, by the infill head at the masked encoder
+    position ``site + 1`` (after the mode token).
+    """
     features = denoisers.mask_infill(tokens, sites, self.special_ids, xp=jnp)
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    logits = self.module.apply(
-        {"params": params}, features["encoder_input_tokens"],
-        features["decoder_input_tokens"], times.astype(jnp.float32),
-        enable_dropout=dropout_rng is not None, rngs=rngs)
-    return jnp.where(self.allowed_tokens, logits[:, 1].astype(jnp.float32), -1e9)
+    if self.network_config.infill_readout == "encoder":
+      logits = self.module.apply(
+          {"params": params}, features["encoder_input_tokens"], sites.astype(jnp.int32) + 1,
+          times.astype(jnp.float32), enable_dropout=dropout_rng is not None, rngs=rngs,
+          method=network.Transformer.infill)
+    else:
+      logits = self.module.apply(
+          {"params": params}, features["encoder_input_tokens"],
+          features["decoder_input_tokens"], times.astype(jnp.float32),
+          enable_dropout=dropout_rng is not None, rngs=rngs)[:, 1]
+    return jnp.where(self.allowed_tokens, logits.astype(jnp.float32), -1e9)
 
   def infill_log_probs(self, params: Params, tokens: Array, sites: Array, times: Array
                        ) -> Array:
@@ -133,14 +165,17 @@ class GlauberDiffusionModel(models.BaseModel):
     return glauber.mix_with_uniform(self.infill_log_probs(teacher_params, tokens, sites, at_end),
                                     self.forward_mixing, jnp.asarray(self.allowed_tokens))
 
-  def causal_log_prob(self, params: Params, tokens: Array) -> Array:
+  def causal_log_prob(self, params: Params, tokens: Array,
+                      dropout_rng: Optional[Array] = None) -> Array:
     """Teacher-forced CAUSAL-GEN log-likelihood ``[B]`` of ``tokens [B, L]`` at ``t = T``."""
     batch = tokens.shape[0]
     encoder = denoisers.causal_gen(jnp.zeros((batch, 0), jnp.int32), self.special_ids,
                                    xp=jnp)["encoder_input_tokens"]
     decoder_inputs = jnp.concatenate([jnp.zeros((batch, 1), tokens.dtype), tokens[:, :-1]], 1)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     logits = self.module.apply({"params": params}, encoder, decoder_inputs,
-                               jnp.full((batch,), self.num_steps, jnp.float32))
+                               jnp.full((batch,), self.num_steps, jnp.float32),
+                               enable_dropout=dropout_rng is not None, rngs=rngs)
     logits = jnp.where(self.allowed_tokens, logits.astype(jnp.float32), -jnp.inf)
     log_probs = jax.nn.log_softmax(logits)
     return jnp.sum(jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0], axis=-1)
@@ -211,6 +246,7 @@ class GlauberDiffusionModel(models.BaseModel):
         "previous_values": glauber.get_sites(pair.previous, pair.sites),
         "current_values": glauber.get_sites(pair.current, pair.sites),
         "teacher_log_probs": pair.teacher_log_probs,
+        "data": batch["targets"],
     }
     return pairs, new_state
 
@@ -218,30 +254,107 @@ class GlauberDiffusionModel(models.BaseModel):
 
   def loss_fn(self, params: Params, batch: Batch, rng: Optional[Array]
               ) -> tuple[Array, dict[str, Array]]:
-    """Summed pair loss over the batch, with ``ce`` and reverse accuracy as metrics."""
-    logits = self.infill_logits(params, batch["tokens"], batch["sites"], batch["times"], rng)
+    """Summed pair loss over the batch (plus the weighted prior loss on the data rows), with
+    reverse cross entropy and accuracy, the chain's health and the prior's NLL as metrics."""
+    infill_rng, prior_rng = (None, None) if rng is None else jax.random.split(rng)
+    logits = self.infill_logits(params, batch["tokens"], batch["sites"], batch["times"],
+                                infill_rng)
     per_pair = glauber.pair_loss(self.loss, logits, batch["teacher_log_probs"],
                                  batch["previous_values"], batch["current_values"])
     cross_entropy = glauber.cross_entropy_loss(logits, batch["previous_values"])
     accuracy = jnp.argmax(logits, axis=-1) == batch["previous_values"]
+    teacher_nll = -jnp.take_along_axis(batch["teacher_log_probs"],
+                                       batch["previous_values"][:, None], axis=-1)[:, 0]
+    changed = batch["current_values"] != batch["previous_values"]
+    num_pairs = per_pair.shape[0]
     loss = jnp.sum(per_pair)
-    return loss, {
-        "loss_sum": loss,
+    metrics = {
         "reverse_cross_entropy_sum": jax.lax.stop_gradient(jnp.sum(cross_entropy)),
         "accuracy_sum": jnp.sum(accuracy.astype(jnp.float32)),
-        "weight_sum": jnp.asarray(per_pair.shape[0], jnp.float32),
+        "teacher_cross_entropy_sum": jnp.sum(teacher_nll),
+        "changed_fraction_sum": jnp.sum(changed.astype(jnp.float32)),
+        "weight_sum": jnp.asarray(num_pairs, jnp.float32),
     }
+    if self.prior_loss_weight > 0:
+      # The prior's mean per-token NLL as a per-pair sum (metrics are divided by the pairs).
+      prior_nll = -self.causal_log_prob(params, batch["data"], prior_rng) / self.seq_len
+      prior_sum = jnp.mean(prior_nll) * num_pairs
+      loss = loss + self.prior_loss_weight * prior_sum
+      metrics["prior_nll_sum"] = jax.lax.stop_gradient(prior_sum)
+    return loss, {"loss_sum": loss, **metrics}
 
   def num_flops_per_example(self, input_lengths: Mapping[str, int]) -> float:
-    """Student forward + backward and one teacher forward on MASK-INFILL (encoder L + 2)."""
+    """Student forward + backward and one teacher forward on MASK-INFILL (encoder L + 2), and
+    the prior's CAUSAL-GEN forward + backward when its loss is on."""
     del input_lengths
     training = throughput.encoder_decoder_training_flops(self.network_config, self.seq_len + 2,
                                                          2)
-    return training * 4.0 / 3.0
+    prior = (throughput.encoder_decoder_training_flops(self.network_config, 2, self.seq_len)
+             if self.prior_loss_weight > 0 else 0.0)
+    return training * 4.0 / 3.0 + prior
 
   def checkpoint_metadata(self) -> dict[str, Any]:
     return {"glauber_schedule": self.schedule.to_json(), "loss": self.loss,
-            "forward_mixing": self.forward_mixing}
+            "forward_mixing": self.forward_mixing,
+            "infill_readout": self.network_config.infill_readout}
+
+  # ---- Chain health ----------------------------------------------------------------------------
+
+  @functools.partial(jax.jit, static_argnames=("self",))
+  def chain_health(self, params: Params, teacher_params: Params, data: Array, rng: Array
+                   ) -> dict[str, Array]:
+    """Can the rounds use this teacher? Measured on data rows ``[B, L]`` (nats per token).
+
+    - ``teacher_infill_nll``: the teacher's MASK-INFILL cross entropy at one random site per row;
+    - ``prior_nll``: CAUSAL-GEN's (the student's, at ``t = T``) cross entropy on the same rows;
+    - ``batch_unigram_entropy``: the rows' plug-in unigram entropy (biased low on small batches);
+    - ``sweep_changed_fraction``: the share of sites one forward round (``L`` steps) changes;
+    - ``chain_end_prior_nll``: CAUSAL-GEN's cross entropy on the chain's end states ``x_T``.
+
+    A single-site infill conditions on more than a next-token prediction, so a teacher that
+    uses its context has ``teacher_infill_nll`` below ``prior_nll``; one at the unigram level
+    turns every draft into unigram draws within a round.
+    """
+    site_rng, round_rng, chain_rng = jax.random.split(rng, 3)
+    batch = data.shape[0]
+    sites = jax.random.randint(site_rng, (batch,), 0, self.seq_len)
+    teacher = self.teacher_log_probs(teacher_params, data, sites, sites + 1)
+    infill_nll = -jnp.mean(jnp.take_along_axis(teacher, glauber.get_sites(data, sites)[:, None],
+                                               axis=-1))
+    counts = jnp.sum(jax.nn.one_hot(data, self.network_config.vocab_size), axis=(0, 1))
+    frequencies = counts / jnp.sum(counts)
+    unigram = -jnp.sum(jnp.where(counts > 0, frequencies * jnp.log(frequencies), 0.0))
+    schedule_sites = jnp.asarray(self.schedule.sites())
+    teacher_fn = functools.partial(self.teacher_log_probs, teacher_params)
+    after_round = glauber.run_forward(round_rng, data, schedule_sites[:self.seq_len], teacher_fn)
+    chain_end = glauber.run_forward(chain_rng, data, schedule_sites, teacher_fn)
+    return {
+        "teacher_infill_nll": infill_nll,
+        "prior_nll": -jnp.mean(self.causal_log_prob(params, data)) / self.seq_len,
+        "batch_unigram_entropy": unigram,
+        "sweep_changed_fraction": jnp.mean((after_round != data).astype(jnp.float32)),
+        "chain_end_prior_nll": -jnp.mean(self.causal_log_prob(params, chain_end)) / self.seq_len,
+    }
+
+  def training_start_report(self, params: Params, model_state: Any, batch: Batch, rng: Array
+                            ) -> dict[str, float]:
+    """``chain_health`` on the first batch; raises if the teacher's infill is no better than
+    the prior's next-token prediction (``allow_context_blind_teacher`` overrides)."""
+    health = {name: float(value) for name, value in jax.device_get(
+        self.chain_health(params, model_state["teacher"], batch["targets"], rng)).items()}
+    if health["teacher_infill_nll"] >= health["prior_nll"]:
+      message = (
+          f"the teacher's MASK-INFILL is context-blind: its infill cross entropy "
+          f"{health['teacher_infill_nll']:.3f} nats is no better than CAUSAL-GEN's next-token "
+          f"{health['prior_nll']:.3f} (batch unigram {health['batch_unigram_entropy']:.3f}); "
+          f"one forward round changes {100 * health['sweep_changed_fraction']:.0f}% of the "
+          "sites and the rounds would turn drafts into unigram draws. Pretrain the UL2 with "
+          "the single-site denoiser and the encoder readout (gin/ul2_tiny.gin shows how), or "
+          "set GlauberDiffusionModel.allow_context_blind_teacher = True to train anyway.")
+      if not self.allow_context_blind_teacher:
+        raise ValueError(message)
+      logging.warning(message)
+    return health
 
   # ---- Sampling and scoring ----------------------------------------------------------------------
 

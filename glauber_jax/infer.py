@@ -251,8 +251,10 @@ def infer(*, model: models.BaseModel = gin.REQUIRED,
                            infill_temperature=infill_temperature, seed=seed):
       records.append(record)
       if len(records) <= print_samples:
+        shown = (f"draft: {record['causal_draft']}\nfinal: {record['text']}"
+                 if record["sites_changed"] else record["text"])
         print(f"--- sample {len(records)} ({record['sites_changed']} sites changed by the "
-              f"rounds)\n{record['text']}\n", flush=True)
+              f"rounds)\n{shown}\n", flush=True)
   summaries.write_jsonl(output_file, records)
   return records
 

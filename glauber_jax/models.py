@@ -18,7 +18,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from glauber_jax import decoding, network, throughput
+from glauber_jax import decoding, network, throughput, vocabularies
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -117,6 +117,13 @@ class BaseModel(abc.ABC):
     del abstract_model_state, param_shardings, batch_sharding, replicated
     return None
 
+  def training_start_report(self, params: Params, model_state: Any, batch: Batch, rng: Array
+                            ) -> dict[str, float]:
+    """Diagnostics logged before the first step of a fresh run (e.g. whether a diffusion
+    model's teacher can serve); may raise to refuse a run that cannot work. None by default."""
+    del params, model_state, batch, rng
+    return {}
+
   def prepare_batch(self, params: Params, model_state: Any, batch: Batch, step: Array,
                     rng: Array) -> tuple[Batch, Any]:
     """Turns a data batch into the loss's batch before the gradient (not differentiated).
@@ -131,20 +138,33 @@ class BaseModel(abc.ABC):
 class EncoderDecoderModel(BaseModel):
   """The UL2 / T5 encoder-decoder trained with teacher-forced cross entropy.
 
+  With ``network_config.infill_readout == "encoder"`` the loss also trains the network's
+  encoder-readout MASK-INFILL head on every single-site example of the batch (the I-denoiser's,
+  ``denoisers.single_site_infill``, and R-examples with one span of one token): the head reads
+  the encoder output at the masked site and predicts its token. Its cross entropy is added to
+  the summed loss like one more target token per such example, and logged as
+  ``infill_cross_entropy`` (the mean over those examples).
+
   Attributes:
     network_config: the network's shape and numerics.
     z_loss: T5X's auxiliary ``log(Z)^2`` coefficient.
     eos_id: end-of-sequence id for decoding.
+    vocabulary: the task's vocabulary; needed (for the mask id) with the encoder readout.
   """
 
   feature_names = ENCODER_DECODER_FEATURES
 
   def __init__(self, network_config: network.NetworkConfig = gin.REQUIRED, z_loss: float = 1e-4,
-               eos_id: int = 1) -> None:
+               eos_id: int = 1, vocabulary: Optional[vocabularies.Vocabulary] = None) -> None:
+    if network_config.infill_readout == "encoder" and vocabulary is None:
+      raise ValueError("NetworkConfig.infill_readout = 'encoder' needs "
+                       "EncoderDecoderModel.vocabulary (the task's, for its mask id): add "
+                       "`models.EncoderDecoderModel.vocabulary = @data.task_vocabulary()`.")
     self.network_config = network_config
     self.module = network.Transformer(network_config)
     self.z_loss = z_loss
     self.eos_id = eos_id
+    self.mask_id = None if vocabulary is None else vocabulary.sentinel_id(0)
 
   def input_shapes(self, batch_size: int, feature_lengths: Mapping[str, int]
                    ) -> dict[str, tuple[int, ...]]:
@@ -176,7 +196,29 @@ class EncoderDecoderModel(BaseModel):
     logits = self.logits(params, batch, rng)
     sums = cross_entropy_sums(logits, batch["decoder_target_tokens"],
                               batch["decoder_loss_weights"], self.z_loss)
+    if self.network_config.infill_readout == "encoder":
+      infill_sum, infill_count = self._encoder_infill_sums(params, batch, rng)
+      sums["loss_sum"] = sums["loss_sum"] + infill_sum
+      sums["infill_cross_entropy_sum"] = jax.lax.stop_gradient(
+          infill_sum / jnp.maximum(infill_count, 1.0) * sums["weight_sum"])
     return sums["loss_sum"], sums
+
+  def _encoder_infill_sums(self, params: Params, batch: Batch, rng: Optional[Array]
+                           ) -> tuple[Array, Array]:
+    """Summed encoder-readout cross entropy over the batch's single-site examples, and their
+    count. A single-site example's targets are ``<s0> x_k EOS``."""
+    targets = batch["decoder_target_tokens"]
+    encoder_tokens = batch["encoder_input_tokens"]
+    single = jnp.logical_and(targets[:, 0] == self.mask_id,
+                             jnp.sum(batch["decoder_loss_weights"], axis=-1) == 3)
+    sites = jnp.argmax(encoder_tokens == self.mask_id, axis=-1).astype(jnp.int32)
+    rngs = {"dropout": rng} if rng is not None else None
+    logits = self.module.apply({"params": params}, encoder_tokens, sites,
+                               enable_dropout=rng is not None, rngs=rngs,
+                               method=network.Transformer.infill)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, 1:2], axis=-1)[:, 0]
+    weights = single.astype(jnp.float32)
+    return jnp.sum(nll * weights), jnp.sum(weights)
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
     logits = self.logits(params, batch, None)

@@ -12,6 +12,16 @@ One network serves every model family in the library:
   projections start at zero, so a freshly converted DiT computes exactly its source UL2 at every
   ``t`` (plain adaLN-Zero would zero the residual branches and destroy the pretrained model).
 
+MASK-INFILL (one masked site) is read out in one of two ways (``infill_readout``):
+
+- ``"decoder"``: T5's span format, the decoder reads ``[start, sentinel_0]`` and predicts the
+  span; this is what a pretrained Flan-T5 can do.
+- ``"encoder"``: a head on the encoder's output at the masked site (``Transformer.infill``), as
+  a masked language model reads out. The decoder route must learn to find its sentinel in the
+  encoder before the context can help, and a tiny UL2 trained for minutes never does (its
+  infill stays at the unigram level, ``docs/results.md``); the encoder route learns the same
+  conditional within a few hundred steps, and costs one encoder pass and no decoder.
+
 Every parameter and every constrained activation carries logical axis names; the mapping to mesh
 axes lives in ``glauber_jax.partitioning``.
 """
@@ -31,6 +41,7 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 POSITION_SCHEMES = ("relative", "rope")
+INFILL_READOUTS = ("decoder", "encoder")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
@@ -64,6 +75,9 @@ class NetworkConfig:
     time_conditioning: add the DiT time embedding and modulation.
     time_embed_dim: width of the time MLP; the modulation adds
       ``time_embed_dim * 3 * d_model`` parameters per sublayer.
+    infill_readout: how MASK-INFILL is read out (module docstring): ``"decoder"`` (T5 span
+      format, Flan-T5 compatible) or ``"encoder"`` (an ``infill_head`` on the encoder output at
+      the masked site).
   """
 
   vocab_size: int = 32128
@@ -87,8 +101,13 @@ class NetworkConfig:
   remat_policy: str = "none"
   time_conditioning: bool = False
   time_embed_dim: int = 256
+  infill_readout: str = "decoder"
 
   def __post_init__(self) -> None:
+    if self.infill_readout not in INFILL_READOUTS:
+      raise ValueError(
+          f"NetworkConfig.infill_readout={self.infill_readout!r}; expected one of "
+          f"{INFILL_READOUTS}.")
     if self.position_scheme not in POSITION_SCHEMES:
       raise ValueError(
           f"NetworkConfig.position_scheme={self.position_scheme!r}; expected one of "
@@ -531,6 +550,11 @@ class Transformer(nn.Module):
     self.decoder = Decoder(cfg, self.token_embedder, name="decoder")
     if cfg.time_conditioning:
       self.time_embedding = TimeEmbedding(cfg, name="time_embedding")
+    if cfg.infill_readout == "encoder":
+      self.infill_head = nn.Dense(
+          cfg.vocab_size, use_bias=False, name="infill_head", dtype=cfg.compute_dtype,
+          param_dtype=cfg.weight_dtype,
+          kernel_init=param_init(_normal(cfg.d_model ** -0.5), ("embed", "vocab")))
 
   def _time_vector(self, time: Optional[Array], batch: int) -> Optional[Array]:
     if not self.config.time_conditioning:
@@ -570,7 +594,22 @@ class Transformer(nn.Module):
     return self.decoder(decoder_input_tokens, encoded, encoder_input_tokens, time_vector,
                         not enable_dropout, decode, prefill)
 
+  def infill(self, encoder_input_tokens: Array, sites: Array, time: Optional[Array] = None,
+             enable_dropout: bool = False) -> Array:
+    """Encoder-readout MASK-INFILL: float32 logits ``[B, vocab]`` of the tokens at encoder
+    positions ``sites [B]`` (needs ``infill_readout="encoder"``)."""
+    if self.config.infill_readout != "encoder":
+      raise ValueError("Transformer.infill needs NetworkConfig.infill_readout = 'encoder'.")
+    encoded = self.encode(encoder_input_tokens, time, enable_dropout)
+    return self._infill_logits(encoded, sites)
+
+  def _infill_logits(self, encoded: Array, sites: Array) -> Array:
+    hidden = jnp.take_along_axis(encoded, sites[:, None, None], axis=1)[:, 0]
+    return self.infill_head(hidden).astype(jnp.float32)
+
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                time: Optional[Array] = None, enable_dropout: bool = False) -> Array:
     encoded = self.encode(encoder_input_tokens, time, enable_dropout)
+    if self.config.infill_readout == "encoder" and self.is_initializing():
+      self._infill_logits(encoded, jnp.zeros(encoded.shape[:1], jnp.int32))  # Creates the head.
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, time, enable_dropout)

@@ -35,6 +35,23 @@ def learning_rate_schedule(peak_learning_rate: float = 1e-3, warmup_steps: int =
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
+def _scheduled_weight_decay(schedule: optax.Schedule, rate: float
+                            ) -> optax.GradientTransformation:
+  """Adds ``-schedule(step) * rate * param`` to the updates of parameters with ndim > 1."""
+
+  def init(params: optax.Params) -> optax.ScaleByScheduleState:
+    del params
+    return optax.ScaleByScheduleState(count=jax.numpy.zeros([], jax.numpy.int32))
+
+  def update(updates: optax.Updates, state: optax.ScaleByScheduleState,
+             params: optax.Params | None = None) -> tuple[optax.Updates, optax.ScaleByScheduleState]:
+    step_size = schedule(state.count) * rate
+    updates = jax.tree.map(lambda u, p: u - step_size * p if p.ndim > 1 else u, updates, params)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init, update)
+
+
 @gin.configurable
 def create_optimizer(name: str = "adamw", schedule: optax.Schedule | None = None,
                      weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
@@ -52,6 +69,10 @@ def create_optimizer(name: str = "adamw", schedule: optax.Schedule | None = None
     base = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                        mask=decay_mask)
   else:
-    base = optax.adafactor(learning_rate=schedule, weight_decay_rate=weight_decay or None)
+    # Adafactor's own weight_decay_rate is added after the learning rate (an absolute
+    # shrink of ``rate`` per step); decay here is decoupled and follows the schedule, as AdamW's.
+    base = optax.adafactor(learning_rate=schedule)
+    if weight_decay:
+      base = optax.chain(base, _scheduled_weight_decay(schedule, weight_decay))
   chain = [optax.clip_by_global_norm(clip_grad_norm)] if clip_grad_norm else []
   return optax.chain(*chain, base)

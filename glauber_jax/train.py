@@ -88,6 +88,11 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
     if abstract_state.model_state is not None:  # Model state that starts from data.
       first_batch = trainer.partitioner.host_batch_to_global(next(iterator))
     state = trainer.initialize(input_shapes, first_batch, params)
+    if first_batch is not None:
+      report = trainer.model.training_start_report(state.params, state.model_state, first_batch,
+                                                   jax.random.PRNGKey(trainer.seed))
+      if report:
+        logging.info("Before training: %s", ", ".join(f"{k} {v:.4g}" for k, v in report.items()))
   start = int(state.step)
   logging.info("Parameters: %s", f"{models.count_params(state.params):,}")
   if start >= train_steps:

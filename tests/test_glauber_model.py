@@ -187,6 +187,62 @@ def test_bad_configs_are_named() -> None:
     make_model().input_shapes(4, {"inputs": 8, "targets": 4})
 
 
+def test_encoder_readout_chain_health_and_prior_loss() -> None:
+  """The encoder readout serves MASK-INFILL (and differs from the decoder's); the chain-health
+  report is finite and in range; the prior loss trains CAUSAL-GEN, and 0 turns it off."""
+  encoder_network = dataclasses.replace(NETWORK, infill_readout="encoder")
+  model = make_model(network_config=encoder_network, loss="ce", teacher_refresh_steps=0)
+  params = init_params(model)
+  data = jnp.asarray(text_batch(4))
+  sites = jnp.asarray([0, 3, 5, 7])
+  log_probs = model.infill_log_probs(params, data, sites, jnp.full((4,), 2))
+  decoder_view = make_model(loss="ce").infill_log_probs(params, data, sites, jnp.full((4,), 2))
+  assert log_probs.shape == (4, VOCAB.vocab_size)
+  assert not np.allclose(np.asarray(log_probs), np.asarray(decoder_view))
+  health = model.chain_health(params, params, data, jax.random.PRNGKey(0))
+  assert all(np.isfinite(float(v)) for v in health.values())
+  assert 0.0 <= float(health["sweep_changed_fraction"]) <= 1.0
+  tiny = _tiny_trainer(model)
+  shapes = model.input_shapes(4, {"targets": SEQ_LEN})
+  state = tiny.initialize(shapes, {"targets": data})
+  state, _ = tiny.train_step(state, {"targets": data})  # Step 0: the warm-up's lr is 0.
+  before = jax.tree.map(np.asarray, state.params)
+  state, metrics = tiny.train_step(state, {"targets": data})
+  assert {"prior_nll", "teacher_cross_entropy", "changed_fraction"} <= set(metrics)
+  # CAUSAL-GEN's decoder is trained only by the prior loss when the encoder reads out infill.
+  get = lambda tree: np.asarray(tree["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"])  # noqa: E731
+  assert not np.allclose(get(before), get(state.params))
+  no_prior = make_model(network_config=encoder_network, loss="ce", prior_loss_weight=0.0)
+  tiny = _tiny_trainer(no_prior)
+  state = tiny.initialize(shapes, {"targets": data})
+  state, _ = tiny.train_step(state, {"targets": data})
+  before = jax.tree.map(np.asarray, state.params)
+  state, metrics = tiny.train_step(state, {"targets": data})
+  assert "prior_nll" not in metrics
+  np.testing.assert_array_equal(get(before), np.asarray(get(state.params)))
+
+
+def test_context_blind_teacher_is_refused_unless_allowed(monkeypatch) -> None:
+  model = make_model(loss="ce")
+  params = init_params(model)
+  blind = {"teacher_infill_nll": 5.0, "prior_nll": 4.0, "batch_unigram_entropy": 5.0,
+           "sweep_changed_fraction": 0.99, "chain_end_prior_nll": 7.0}
+  monkeypatch.setattr(glauber_model.GlauberDiffusionModel, "chain_health",
+                      lambda self, *args: blind)
+  batch = {"targets": jnp.asarray(text_batch(4))}
+  with pytest.raises(ValueError, match="context-blind"):
+    model.training_start_report(params, {"teacher": params}, batch, jax.random.PRNGKey(0))
+  allowed = make_model(loss="ce", allow_context_blind_teacher=True)
+  report = allowed.training_start_report(params, {"teacher": params}, batch,
+                                         jax.random.PRNGKey(0))
+  assert report == blind
+  healthy = dict(blind, teacher_infill_nll=2.0)
+  monkeypatch.setattr(glauber_model.GlauberDiffusionModel, "chain_health",
+                      lambda self, *args: healthy)
+  assert model.training_start_report(params, {"teacher": params}, batch,
+                                     jax.random.PRNGKey(0)) == healthy
+
+
 SHARDED_GLAUBER_SCRIPT = textwrap.dedent("""
     import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"

@@ -102,7 +102,9 @@ SHARDED_SCRIPT = textwrap.dedent("""
         losses.append(float(metrics["loss"]))
       results[name] = (losses, jax.device_get(state.params))
     np.testing.assert_allclose(results["single"][0], results["sharded"][0], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+    # Sharded float32 reductions reassociate, and Adam divides by sqrt(v): where a gradient
+    # is near zero, a last-bit difference moves that parameter by up to ~lr/10 (seen: 7.9e-5).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=3e-4),
                  results["single"][1], results["sharded"][1])
     print("SHARDED_OK", results["single"][0], results["sharded"][0])
 """)

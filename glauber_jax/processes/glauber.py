@@ -29,7 +29,7 @@ Array = jax.Array
 InfillLogProbs = Callable[[Array, Array, Array], Array]
 CausalLogProb = Callable[[Array], Array]
 
-LOSSES = ("score_entropy", "ce")
+LOSSES = ("ce", "score_entropy_rb", "score_entropy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +141,28 @@ def score_entropy_loss(student_logits: Array, teacher_log_probs: Array, previous
   return other_scores + target_term
 
 
+def rao_blackwellised_score_entropy_loss(student_logits: Array, teacher_log_probs: Array,
+                                        previous_values: Array) -> Array:
+  """Score entropy with ``1 / q_c`` replaced by its conditional expectation, ``[B]``, >= 0.
+
+  The student never sees the current value ``c`` (MASK-INFILL hides site ``k``), and ``c`` was
+  drawn from ``q(. | x_{-k})`` independently of ``p``, so ``E[1 / q_c | x_{-k}, p]`` is the
+  support size ``S = |{a : q_a > 0}|``. Replacing ``r_p = 1 / q_c`` by ``S`` keeps the expected
+  loss's minimiser (``e^{f_a}`` proportional to the reverse conditional, normalised to it) and
+  removes the variance that ``1 / q_c`` carries (median 458, maximum 74,355 over 512 pairs of the
+  tiny Shakespeare chain). The target term is ``q_p S h(f_p - log S)``, ``h(u) = e^u - u - 1``.
+  """
+  f = student_logits.astype(jnp.float32)
+  log_q = teacher_log_probs.astype(jnp.float32)
+  is_previous = jax.nn.one_hot(previous_values, f.shape[-1], dtype=bool)
+  support = jnp.sum(jnp.isfinite(log_q), axis=-1).astype(jnp.float32)
+  log_q_prev = jnp.take_along_axis(log_q, previous_values[:, None], axis=-1)[:, 0]
+  f_prev = jnp.take_along_axis(f, previous_values[:, None], axis=-1)[:, 0]
+  other_scores = jnp.exp(jax.nn.logsumexp(jnp.where(is_previous, -jnp.inf, log_q + f), axis=-1))
+  u = f_prev - jnp.log(support)
+  return other_scores + jnp.exp(log_q_prev) * support * (jnp.expm1(u) - u)
+
+
 def cross_entropy_loss(student_logits: Array, previous_values: Array) -> Array:
   """``-log softmax(f)[x_{t-1,k}]``, ``[B]``: same minimiser, lower variance."""
   log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
@@ -149,7 +171,10 @@ def cross_entropy_loss(student_logits: Array, previous_values: Array) -> Array:
 
 def pair_loss(name: str, student_logits: Array, teacher_log_probs: Array,
               previous_values: Array, current_values: Array) -> Array:
-  """Dispatches ``score_entropy`` or ``ce`` (``LOSSES``)."""
+  """Dispatches ``ce``, ``score_entropy_rb`` or ``score_entropy`` (``LOSSES``)."""
+  if name == "score_entropy_rb":
+    return rao_blackwellised_score_entropy_loss(student_logits, teacher_log_probs,
+                                                previous_values)
   if name == "score_entropy":
     return score_entropy_loss(student_logits, teacher_log_probs, previous_values,
                               current_values)
@@ -312,6 +337,22 @@ def warm_up_chains(rng: Array, data: Array, sites: Array, teacher_log_probs_fn: 
 
   (chains, _), _ = jax.lax.scan(step, (chains, rng), jnp.arange(max(num_steps - 1, 0)))
   return chains
+
+
+def run_forward(rng: Array, data: Array, sites: Array, teacher_log_probs_fn: InfillLogProbs
+                ) -> Array:
+  """``x_T``: the whole forward chain (``T`` teacher steps) from ``data [B, L]``."""
+  num_steps = sites.shape[0]
+
+  def step(carry: tuple[Array, Array], t: Array) -> tuple[tuple[Array, Array], None]:
+    x, key = carry
+    key, draw_key = jax.random.split(key)
+    site = jnp.full(x.shape[:1], sites[t - 1], jnp.int32)
+    teacher = teacher_log_probs_fn(x, site, jnp.full(x.shape[:1], t, jnp.int32))
+    return (forward_step(draw_key, x, site, teacher), key), None
+
+  (tokens, _), _ = jax.lax.scan(step, (data, rng), jnp.arange(1, num_steps + 1, dtype=jnp.int32))
+  return tokens
 
 
 def literal_pairs(rng: Array, data: Array, sites: Array,
