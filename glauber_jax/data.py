@@ -173,6 +173,16 @@ def task_vocabulary(task_name: str = gin.REQUIRED) -> vocabularies.Vocabulary:
 
 
 @gin.configurable
+def task_text_includes_eos(task_name: str = gin.REQUIRED) -> bool:
+  """Whether EOS is part of the text a model of this task or mixture writes: True when the
+  documents are joined with EOS (``Task.append_eos``), False for fixed-length sequences with no
+  end (gin: ``@data.task_text_includes_eos()``)."""
+  names = ([name for name, _ in _MIXTURES[task_name].tasks] if task_name in _MIXTURES
+           else [task_name])
+  return any(get_task(name).append_eos for name in names)
+
+
+@gin.configurable
 def cache_directory(path: Optional[str] = None) -> str:
   """Where tokenizers and chunks are cached: ``path`` (gin), else ``$GLAUBER_JAX_CACHE``, else
   ``~/.cache/glauber_jax``."""

@@ -22,7 +22,8 @@ This is the paper's model, following ``shared/design/glauber.md``:
 
 Tokens the text can never hold (pad, unknown, sentinels, mode tokens and padding ids) get
 probability zero in every draw: the forward kernel, the infill steps and the causal phase. EOS
-stays allowed: it separates the documents packed into a training sequence.
+stays allowed where it separates the documents packed into a training sequence, and not for
+tasks of fixed-length sequences with no end (``text_includes_eos``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class GlauberDiffusionModel(models.BaseModel):
       kernel trains (measured in ``docs/results.md``); 0 turns it off.
     allow_context_blind_teacher: start training even when ``chain_health`` finds the
       teacher's infill no better than the prior's next-token prediction.
+    text_includes_eos: whether EOS is text (it separates packed documents); False for tasks of
+      fixed-length sequences with no end, so no draw ever writes it
+      (``@data.task_text_includes_eos()`` in ``gin/models/glauber.gin``).
   """
 
   feature_names = ("targets",)
@@ -83,7 +87,8 @@ class GlauberDiffusionModel(models.BaseModel):
                num_rounds: int = 1, permutation_seed: int = 0, loss: str = "ce",
                training_mode: str = "buffer", teacher_refresh_steps: int = 0,
                forward_mixing: float = 1e-3, prior_loss_weight: float = 1.0,
-               allow_context_blind_teacher: bool = False) -> None:
+               allow_context_blind_teacher: bool = False,
+               text_includes_eos: bool = True) -> None:
     if not network_config.time_conditioning:
       raise ValueError("GlauberDiffusionModel needs NetworkConfig.time_conditioning = True.")
     if network_config.vocab_size != vocabulary.vocab_size:
@@ -107,10 +112,10 @@ class GlauberDiffusionModel(models.BaseModel):
     self.module = network.Transformer(network_config)
     self.vocabulary = vocabulary
     self.special_ids = denoisers.SpecialIds.from_vocabulary(vocabulary)
-    # Text tokens plus EOS, which separates the documents packed into one sequence (the data
+    # Text tokens plus EOS where it separates the documents packed into one sequence (the data
     # holds it, so the chain, the losses and the bound must give it probability).
     self.allowed_tokens = np.logical_not(vocabulary.special_token_mask())
-    self.allowed_tokens[vocabulary.eos_id] = True
+    self.allowed_tokens[vocabulary.eos_id] = text_includes_eos
     self.schedule = glauber.GlauberSchedule.from_seed(seq_len, num_rounds, permutation_seed)
     self.loss = loss
     self.training_mode = training_mode

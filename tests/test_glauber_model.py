@@ -222,6 +222,20 @@ def test_encoder_readout_chain_health_and_prior_loss() -> None:
   np.testing.assert_array_equal(get(before), np.asarray(get(state.params)))
 
 
+def test_eos_is_drawn_only_where_it_is_text() -> None:
+  """Without EOS in the text no draw writes it: the forward kernel, the infill and the prior."""
+  model = make_model(text_includes_eos=False)
+  params = init_params(model)
+  assert make_model().allowed_tokens[VOCAB.eos_id] and not model.allowed_tokens[VOCAB.eos_id]
+  data = jnp.asarray(text_batch(4))
+  sites = jnp.arange(4)
+  for log_probs in (model.infill_log_probs(params, data, sites, sites + 1),
+                    model.teacher_log_probs(params, data, sites, sites + 1)):
+    assert float(jnp.max(log_probs[:, VOCAB.eos_id])) == -np.inf
+  draft, final = model.sample(params, jax.random.PRNGKey(0), 4)
+  assert not bool(jnp.any(draft == VOCAB.eos_id)) and not bool(jnp.any(final == VOCAB.eos_id))
+
+
 def test_context_blind_teacher_is_refused_unless_allowed(monkeypatch) -> None:
   model = make_model(loss="ce")
   params = init_params(model)

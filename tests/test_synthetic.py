@@ -335,6 +335,15 @@ def test_ul2_chunks_join_sequences_without_eos(tmp_path: pathlib.Path,
   assert batch["encoder_input_tokens"].shape == (4, 16)
 
 
+def test_eos_is_text_only_for_tasks_that_join_documents_with_it() -> None:
+  """The Glauber model gives EOS probability only where the data holds it (gin/models/
+  glauber.gin binds ``text_includes_eos`` to this)."""
+  assert not data.task_text_includes_eos("synthetic_lm")
+  assert not data.task_text_includes_eos("synthetic_enum_ul2")
+  assert data.task_text_includes_eos("shakespeare_lm")
+  assert data.task_text_includes_eos("english_lm")  # A mixture.
+
+
 def test_seqio_mirror_keeps_the_sequences_whole(tmp_path: pathlib.Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
   pytest.importorskip("seqio")
