@@ -139,12 +139,12 @@ class GlauberDiffusionModel(models.BaseModel):
     """Float32 logits ``[B, V]`` of MASK-INFILL at ``sites`` and ``times``; special ids -1e9.
 
     Read out by the decoder (``[start, sentinel_0]``, position 1) or, with
-    ``NetworkConfig.infill_readout = "encoder"``, by the infill head at the masked encoder
-    position ``site + 1`` (after the mode token).
+    ``NetworkConfig.infill_readout = "encoder"`` or ``"cloze"``, by the infill head at the
+    masked encoder position ``site + 1`` (after the mode token).
     """
     features = denoisers.mask_infill(tokens, sites, self.special_ids, xp=jnp)
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    if self.network_config.infill_readout == "encoder":
+    if self.network_config.infill_readout in ("encoder", "cloze"):
       logits = self.module.apply(
           {"params": params}, features["encoder_input_tokens"], sites.astype(jnp.int32) + 1,
           times.astype(jnp.float32), enable_dropout=dropout_rng is not None, rngs=rngs,

@@ -143,7 +143,9 @@ class EncoderDecoderModel(BaseModel):
   ``denoisers.single_site_infill``, and R-examples with one span of one token): the head reads
   the encoder output at the masked site and predicts its token. Its cross entropy is added to
   the summed loss like one more target token per such example, and logged as
-  ``infill_cross_entropy`` (the mean over those examples).
+  ``infill_cross_entropy`` (the mean over those examples). With ``"cloze"`` the same examples,
+  their site filled back in, train the cloze read-out at every token of the sequence (``L``
+  targets per example, each seeing all the other tokens; ``network.Transformer.cloze``).
 
   Attributes:
     network_config: the network's shape and numerics.
@@ -156,8 +158,8 @@ class EncoderDecoderModel(BaseModel):
 
   def __init__(self, network_config: network.NetworkConfig = gin.REQUIRED, z_loss: float = 1e-4,
                eos_id: int = 1, vocabulary: Optional[vocabularies.Vocabulary] = None) -> None:
-    if network_config.infill_readout == "encoder" and vocabulary is None:
-      raise ValueError("NetworkConfig.infill_readout = 'encoder' needs "
+    if network_config.infill_readout in ("encoder", "cloze") and vocabulary is None:
+      raise ValueError(f"NetworkConfig.infill_readout = {network_config.infill_readout!r} needs "
                        "EncoderDecoderModel.vocabulary (the task's, for its mask id): add "
                        "`models.EncoderDecoderModel.vocabulary = @data.task_vocabulary()`.")
     self.network_config = network_config
@@ -196,7 +198,7 @@ class EncoderDecoderModel(BaseModel):
     logits = self.logits(params, batch, rng)
     sums = cross_entropy_sums(logits, batch["decoder_target_tokens"],
                               batch["decoder_loss_weights"], self.z_loss)
-    if self.network_config.infill_readout == "encoder":
+    if self.network_config.infill_readout in ("encoder", "cloze"):
       infill_sum, infill_count = self._encoder_infill_sums(params, batch, rng)
       sums["loss_sum"] = sums["loss_sum"] + infill_sum
       sums["infill_cross_entropy_sum"] = jax.lax.stop_gradient(
@@ -205,14 +207,26 @@ class EncoderDecoderModel(BaseModel):
 
   def _encoder_infill_sums(self, params: Params, batch: Batch, rng: Optional[Array]
                            ) -> tuple[Array, Array]:
-    """Summed encoder-readout cross entropy over the batch's single-site examples, and their
-    count. A single-site example's targets are ``<s0> x_k EOS``."""
+    """Summed infill cross entropy of the encoder or cloze read-out over the batch's
+    single-site examples, and the number of predicted tokens. A single-site example's inputs
+    are ``[NLU] x_{-k} EOS`` with sentinel 0 at ``k``, its targets ``<s0> x_k EOS``."""
     targets = batch["decoder_target_tokens"]
     encoder_tokens = batch["encoder_input_tokens"]
     single = jnp.logical_and(targets[:, 0] == self.mask_id,
                              jnp.sum(batch["decoder_loss_weights"], axis=-1) == 3)
-    sites = jnp.argmax(encoder_tokens == self.mask_id, axis=-1).astype(jnp.int32)
+    masked = encoder_tokens == self.mask_id
+    sites = jnp.argmax(masked, axis=-1).astype(jnp.int32)
     rngs = {"dropout": rng} if rng is not None else None
+    if self.network_config.infill_readout == "cloze":
+      # The clean sequence: every token between the mode token and EOS is a target.
+      clean = jnp.where(masked, targets[:, 1:2], encoder_tokens)
+      logits = self.module.apply({"params": params}, clean, enable_dropout=rng is not None,
+                                 rngs=rngs, method=network.Transformer.cloze)
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), clean[..., None], axis=-1)[..., 0]
+      is_token = jnp.logical_and(clean > 0, clean != self.eos_id)
+      weights = (single[:, None] & is_token & (jnp.arange(clean.shape[1]) > 0)).astype(
+          jnp.float32)
+      return jnp.sum(nll * weights), jnp.sum(weights)
     logits = self.module.apply({"params": params}, encoder_tokens, sites,
                                enable_dropout=rng is not None, rngs=rngs,
                                method=network.Transformer.infill)

@@ -12,7 +12,7 @@ One network serves every model family in the library:
   projections start at zero, so a freshly converted DiT computes exactly its source UL2 at every
   ``t`` (plain adaLN-Zero would zero the residual branches and destroy the pretrained model).
 
-MASK-INFILL (one masked site) is read out in one of two ways (``infill_readout``):
+MASK-INFILL (one masked site) is read out in one of three ways (``infill_readout``):
 
 - ``"decoder"``: T5's span format, the decoder reads ``[start, sentinel_0]`` and predicts the
   span; this is what a pretrained Flan-T5 can do.
@@ -21,6 +21,14 @@ MASK-INFILL (one masked site) is read out in one of two ways (``infill_readout``
   encoder before the context can help, and a tiny UL2 trained for minutes never does (its
   infill stays at the unigram level, ``docs/results.md``); the encoder route learns the same
   conditional within a few hundred steps, and costs one encoder pass and no decoder.
+- ``"cloze"``: the encoder run twice more with directional masks, a forward pass (each position
+  sees itself and what precedes it) and a backward one (itself and what follows); site ``k``'s
+  logits come from ``infill_mix`` and ``infill_head`` on the forward output at ``k - 1`` and the
+  backward output at ``k + 1`` (cloze-driven pretraining, Baevski et al. 2019). Site ``k`` is
+  never seen, so one pass over a clean sequence gives the exact single-site conditional of
+  every site at once (``Transformer.cloze``): training gets ``L`` infill targets per example
+  where the masked-site read-outs get one, and a teacher's infill is then learned about as
+  fast as its CAUSAL-GEN. The encoder's weights are shared by the three passes.
 
 Every parameter and every constrained activation carries logical axis names; the mapping to mesh
 axes lives in ``glauber_jax.partitioning``.
@@ -41,7 +49,7 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 POSITION_SCHEMES = ("relative", "rope")
-INFILL_READOUTS = ("decoder", "encoder")
+INFILL_READOUTS = ("decoder", "encoder", "cloze")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
@@ -76,8 +84,8 @@ class NetworkConfig:
     time_embed_dim: width of the time MLP; the modulation adds
       ``time_embed_dim * 3 * d_model`` parameters per sublayer.
     infill_readout: how MASK-INFILL is read out (module docstring): ``"decoder"`` (T5 span
-      format, Flan-T5 compatible) or ``"encoder"`` (an ``infill_head`` on the encoder output at
-      the masked site).
+      format, Flan-T5 compatible), ``"encoder"`` (an ``infill_head`` on the encoder output at
+      the masked site) or ``"cloze"`` (forward and backward encoder passes around the site).
   """
 
   vocab_size: int = 32128
@@ -468,7 +476,11 @@ class Encoder(nn.Module):
   embedder: nn.Embed
 
   @nn.compact
-  def __call__(self, tokens: Array, time_vector: Optional[Array], deterministic: bool) -> Array:
+  def __call__(self, tokens: Array, time_vector: Optional[Array], deterministic: bool,
+               direction: str = "both") -> Array:
+    """Encoder output ``[B, S, d_model]``. ``direction``: ``"both"`` (bidirectional attention),
+    ``"forward"`` (each position attends to itself and earlier ones) or ``"backward"`` (itself
+    and later ones); the last two serve the cloze read-out."""
     cfg = self.config
     length = tokens.shape[1]
     positions = jnp.arange(length)
@@ -480,6 +492,11 @@ class Encoder(nn.Module):
     key_valid = tokens > 0
     mask = jnp.broadcast_to(key_valid[:, None, None, :],
                             (tokens.shape[0], 1, length, length))
+    if direction != "both":
+      if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be both, forward or backward; got {direction!r}.")
+      before = positions[None, :] <= positions[:, None]  # [query, key]: key at or before.
+      mask = jnp.logical_and(mask, before if direction == "forward" else before.T)
     layer_cls = maybe_remat(EncoderLayer, cfg.remat_policy)
     for i in range(cfg.num_encoder_layers):
       x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, bias, mask, positions, time_vector)
@@ -550,7 +567,12 @@ class Transformer(nn.Module):
     self.decoder = Decoder(cfg, self.token_embedder, name="decoder")
     if cfg.time_conditioning:
       self.time_embedding = TimeEmbedding(cfg, name="time_embedding")
-    if cfg.infill_readout == "encoder":
+    if cfg.infill_readout == "cloze":
+      self.infill_mix = nn.Dense(
+          cfg.d_model, use_bias=False, name="infill_mix", dtype=cfg.compute_dtype,
+          param_dtype=cfg.weight_dtype,
+          kernel_init=param_init(_normal((2 * cfg.d_model) ** -0.5), ("mlp", "embed")))
+    if cfg.infill_readout in ("encoder", "cloze"):
       self.infill_head = nn.Dense(
           cfg.vocab_size, use_bias=False, name="infill_head", dtype=cfg.compute_dtype,
           param_dtype=cfg.weight_dtype,
@@ -596,12 +618,39 @@ class Transformer(nn.Module):
 
   def infill(self, encoder_input_tokens: Array, sites: Array, time: Optional[Array] = None,
              enable_dropout: bool = False) -> Array:
-    """Encoder-readout MASK-INFILL: float32 logits ``[B, vocab]`` of the tokens at encoder
-    positions ``sites [B]`` (needs ``infill_readout="encoder"``)."""
+    """Encoder or cloze read-out MASK-INFILL: float32 logits ``[B, vocab]`` of the tokens at
+    encoder positions ``sites [B]`` (``0 < site < S - 1`` for the cloze read-out)."""
+    if self.config.infill_readout == "cloze":
+      hidden = self._cloze_hidden(encoder_input_tokens, time, enable_dropout)
+      hidden = jnp.take_along_axis(hidden, sites[:, None, None], axis=1)[:, 0]
+      return self.infill_head(hidden).astype(jnp.float32)
     if self.config.infill_readout != "encoder":
-      raise ValueError("Transformer.infill needs NetworkConfig.infill_readout = 'encoder'.")
+      raise ValueError("Transformer.infill needs NetworkConfig.infill_readout = 'encoder' or "
+                       "'cloze'.")
     encoded = self.encode(encoder_input_tokens, time, enable_dropout)
     return self._infill_logits(encoded, sites)
+
+  def cloze(self, encoder_input_tokens: Array, time: Optional[Array] = None,
+            enable_dropout: bool = False) -> Array:
+    """Cloze read-out at every position: float32 logits ``[B, S, vocab]``, position ``p``'s
+    from the tokens other than ``p`` (the first and last positions see one side only)."""
+    if self.config.infill_readout != "cloze":
+      raise ValueError("Transformer.cloze needs NetworkConfig.infill_readout = 'cloze'.")
+    hidden = self._cloze_hidden(encoder_input_tokens, time, enable_dropout)
+    logits = self.infill_head(hidden).astype(jnp.float32)
+    return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+  def _cloze_hidden(self, tokens: Array, time: Optional[Array], enable_dropout: bool) -> Array:
+    """``[B, S, d_model]``: position ``p`` mixes the forward pass at ``p - 1`` and the backward
+    pass at ``p + 1`` (zeros beyond the ends)."""
+    self._check_length("encoder_input_tokens", tokens.shape[1], self.config.max_encoder_length)
+    time_vector = self._time_vector(time, tokens.shape[0])
+    forward = self.encoder(tokens, time_vector, not enable_dropout, direction="forward")
+    backward = self.encoder(tokens, time_vector, not enable_dropout, direction="backward")
+    zeros = jnp.zeros_like(forward[:, :1])
+    around = jnp.concatenate([jnp.concatenate([zeros, forward[:, :-1]], 1),
+                              jnp.concatenate([backward[:, 1:], zeros], 1)], -1)
+    return nn.gelu(self.infill_mix(around))
 
   def _infill_logits(self, encoded: Array, sites: Array) -> Array:
     hidden = jnp.take_along_axis(encoded, sites[:, None, None], axis=1)[:, 0]
@@ -612,4 +661,6 @@ class Transformer(nn.Module):
     encoded = self.encode(encoder_input_tokens, time, enable_dropout)
     if self.config.infill_readout == "encoder" and self.is_initializing():
       self._infill_logits(encoded, jnp.zeros(encoded.shape[:1], jnp.int32))  # Creates the head.
+    if self.config.infill_readout == "cloze" and self.is_initializing():
+      self.cloze(encoder_input_tokens, time)  # Creates the mixing layer and the head.
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, time, enable_dropout)

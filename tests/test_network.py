@@ -81,6 +81,25 @@ def test_encoder_is_bidirectional():
   assert float(jnp.max(jnp.abs(encoded[:, 0] - changed[:, 0]))) > 1e-4
 
 
+@pytest.mark.parametrize("scheme", ["relative", "rope"])
+def test_cloze_readout_never_sees_its_own_position(scheme):
+  """The cloze logits at position p do not depend on token p and do depend on its neighbours;
+  ``infill`` at a site is ``cloze`` at that position."""
+  config = dataclasses.replace(TINY, position_scheme=scheme, infill_readout="cloze")
+  enc, dec = _tokens(0, (2, 7)), _tokens(1, (2, 4))
+  module, variables = _init(config, enc, dec)
+  base = module.apply(variables, enc, method=module.cloze)
+  assert base.shape == (2, 7, TINY.vocab_size) and base.dtype == jnp.float32
+  for p in range(7):
+    changed = module.apply(variables, enc.at[:, p].set(5), method=module.cloze)
+    np.testing.assert_allclose(base[:, p], changed[:, p], atol=1e-5)
+    others = [q for q in range(7) if q != p]
+    assert float(jnp.max(jnp.abs(base[:, others] - changed[:, others]))) > 1e-4
+  sites = jnp.asarray([2, 5], jnp.int32)
+  np.testing.assert_allclose(module.apply(variables, enc, sites, method=module.infill),
+                             base[jnp.arange(2), sites], atol=1e-5)
+
+
 def test_relative_position_bucket_matches_t5_definition():
   """Exact buckets for small distances, log-spaced after, capped, sign split when bidirectional."""
   rel = jnp.array([-200, -64, -9, -8, -1, 0, 1, 7, 8, 9, 200])
