@@ -375,12 +375,23 @@ def mask_infill(tokens: Any, site: Any, ids: SpecialIds, xp: Any = np) -> dict[s
   masked = xp.where(positions == site, ids.mask, tokens)
   value = xp.take_along_axis(tokens, site, axis=-1)
   return {
-      "encoder_input_tokens": xp.concatenate(
-          [_column(ids.nlu, tokens, xp), masked, _column(ids.eos, tokens, xp)], axis=-1),
+      "encoder_input_tokens": infill_context(masked, ids, xp),
       "decoder_input_tokens": xp.concatenate(
           [_column(ids.pad, tokens, xp), _column(ids.mask, tokens, xp)], axis=-1),
       "decoder_target_tokens": xp.concatenate([_column(ids.mask, tokens, xp), value], axis=-1),
   }
+
+
+def infill_context(tokens: Any, ids: SpecialIds, xp: Any = np) -> Any:
+  """MASK-INFILL's encoder input with no site masked, ``[NLU] x [EOS]`` for ``tokens [..., L]``.
+
+  The cloze read-out (``network.Transformer.cloze``) reads every site of it at once: site
+  ``k``'s read-out never sees position ``k``, so it equals its read-out of ``mask_infill`` at
+  ``k``.
+  """
+  tokens = xp.asarray(tokens)
+  return xp.concatenate([_column(ids.nlu, tokens, xp), tokens, _column(ids.eos, tokens, xp)],
+                        axis=-1)
 
 
 def causal_gen(prefix: Any, ids: SpecialIds, xp: Any = np) -> dict[str, Any]:

@@ -46,6 +46,9 @@ Params = Any
 Batch = Mapping[str, Array]
 
 TRAINING_MODES = ("buffer", "literal")
+#: The per-pair losses of ``glauber.LOSSES`` (one target per pair, at the site the step updated)
+#: and ``ce_all_sites`` (``GlauberDiffusionModel.loss``).
+LOSSES = glauber.LOSSES + ("ce_all_sites",)
 #: Parameters the DiT adds to the source UL2 network (initialised fresh when converting).
 TIME_PARAM_NAMES = ("time_embedding", "modulation")
 
@@ -62,7 +65,16 @@ class GlauberDiffusionModel(models.BaseModel):
     permutation_seed: seed of the ``N`` site permutations (saved with every checkpoint).
     loss: ``ce`` (default, lowest variance), ``score_entropy_rb`` (the paper's score entropy,
       Rao-Blackwellised) or ``score_entropy`` (as written); all share one minimiser
-      (``glauber.pair_loss``).
+      (``glauber.pair_loss``) and train one site per pair. ``ce_all_sites`` (cloze read-out
+      only) trains the read-out at time ``t`` at every site of ``x_{t-1}``: the heat-bath step
+      draws ``x_{t,k}`` without looking at ``x_{t-1,k}``, so the reverse kernel at ``k = s_t``
+      is the single-site conditional of the law of ``x_{t-1}``, and that law's conditionals at
+      the other ``L - 1`` sites are targets of the same function from the same forward pass
+      (``L`` targets per pair instead of one; at ``t = 1`` they are the UL2's own cloze
+      pretraining targets). Its per-pair loss is the mean over the sites. Use it with
+      ``training_mode="literal"``: a buffer chain holds one data row for ``T`` steps, and
+      ``L`` targets per step let the student memorise those rows (held-out reverse cross
+      entropy above the teacher's in ``docs/results.md``).
     training_mode: ``buffer`` (trajectory buffer, default) or ``literal`` (Algorithm 1).
     teacher_refresh_steps: copy the student into the teacher every this many steps; 0 (the
       default): never. A refresh copies whatever the student is, so only turn it on once the
@@ -100,8 +112,12 @@ class GlauberDiffusionModel(models.BaseModel):
     if network_config.max_decoder_length < seq_len:
       raise ValueError(f"CAUSAL-GEN writes L = {seq_len} tokens but max_decoder_length="
                        f"{network_config.max_decoder_length}.")
-    if loss not in glauber.LOSSES:
-      raise ValueError(f"loss={loss!r}; expected one of {glauber.LOSSES}.")
+    if loss not in LOSSES:
+      raise ValueError(f"loss={loss!r}; expected one of {LOSSES}.")
+    if loss == "ce_all_sites" and network_config.infill_readout != "cloze":
+      raise ValueError("loss='ce_all_sites' reads every site at once and needs "
+                       "NetworkConfig.infill_readout = 'cloze', got "
+                       f"{network_config.infill_readout!r}.")
     if training_mode not in TRAINING_MODES:
       raise ValueError(f"training_mode={training_mode!r}; expected one of {TRAINING_MODES}.")
     if not 0.0 <= forward_mixing < 1.0:
@@ -155,6 +171,18 @@ class GlauberDiffusionModel(models.BaseModel):
           features["decoder_input_tokens"], times.astype(jnp.float32),
           enable_dropout=dropout_rng is not None, rngs=rngs)[:, 1]
     return jnp.where(self.allowed_tokens, logits.astype(jnp.float32), -1e9)
+
+  def cloze_logits(self, params: Params, tokens: Array, times: Array,
+                   dropout_rng: Optional[Array] = None) -> Array:
+    """Float32 logits ``[B, L, V]`` of the cloze read-out at every site of ``tokens [B, L]`` at
+    ``times``; special ids -1e9. Site ``k``'s never see ``tokens[:, k]``, so they equal
+    ``infill_logits(tokens, k, times)`` (``NetworkConfig.infill_readout = "cloze"`` only)."""
+    encoder = denoisers.infill_context(tokens, self.special_ids, xp=jnp)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    logits = self.module.apply({"params": params}, encoder, times.astype(jnp.float32),
+                               enable_dropout=dropout_rng is not None, rngs=rngs,
+                               method=network.Transformer.cloze)[:, 1:-1]
+    return jnp.where(self.allowed_tokens, logits, -1e9)
 
   def infill_log_probs(self, params: Params, tokens: Array, sites: Array, times: Array
                        ) -> Array:
@@ -262,10 +290,18 @@ class GlauberDiffusionModel(models.BaseModel):
     """Summed pair loss over the batch (plus the weighted prior loss on the data rows), with
     reverse cross entropy and accuracy, the chain's health and the prior's NLL as metrics."""
     infill_rng, prior_rng = (None, None) if rng is None else jax.random.split(rng)
-    logits = self.infill_logits(params, batch["tokens"], batch["sites"], batch["times"],
-                                infill_rng)
-    per_pair = glauber.pair_loss(self.loss, logits, batch["teacher_log_probs"],
-                                 batch["previous_values"], batch["current_values"])
+    if self.loss == "ce_all_sites":
+      previous = glauber.set_sites(batch["tokens"], batch["sites"], batch["previous_values"])
+      every_site = self.cloze_logits(params, previous, batch["times"], infill_rng)
+      logits = jnp.take_along_axis(every_site, batch["sites"][:, None, None], axis=1)[:, 0]
+      log_probs = jax.nn.log_softmax(every_site, axis=-1)
+      per_pair = -jnp.mean(jnp.take_along_axis(log_probs, previous[..., None], axis=-1)[..., 0],
+                           axis=-1)
+    else:
+      logits = self.infill_logits(params, batch["tokens"], batch["sites"], batch["times"],
+                                  infill_rng)
+      per_pair = glauber.pair_loss(self.loss, logits, batch["teacher_log_probs"],
+                                   batch["previous_values"], batch["current_values"])
     cross_entropy = glauber.cross_entropy_loss(logits, batch["previous_values"])
     accuracy = jnp.argmax(logits, axis=-1) == batch["previous_values"]
     teacher_nll = -jnp.take_along_axis(batch["teacher_log_probs"],

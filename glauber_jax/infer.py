@@ -157,6 +157,7 @@ def generate(model: Any, params: Any, *, mode: str,
           "continuation": decode_text(vocab, final[row, prefix_len:].tolist()),
           "token_ids": final[row].tolist(),
           "causal_draft": decode_text(vocab, draft[row].tolist()),
+          "causal_draft_ids": draft[row].tolist(),
           "sites_changed": int(np.sum(draft[row] != final[row])),
           "settings": settings,
       }

@@ -20,7 +20,9 @@ Rows (``ROWS``; a row is one line there: its kind and its extra gin bindings):
 - ``teacher_gibbs_n<N>``: that draft plus ``N`` reverse rounds whose kernel is the UL2's own
   MASK-INFILL: the Glauber DiT converted from the UL2 with no Glauber training.
 - ``glauber_<loss>_n<N>``: Glauber DiTs (``gin/ul2_tiny_glauber.gin``) trained from the UL2 with
-  that loss on the ``N``-round chain, each sampled with its own ``N``.
+  that loss on the ``N``-round chain, each sampled with its own ``N`` (``ce_all_sites`` in the
+  ``literal`` training mode: with the trajectory buffer it memorises the few data rows the
+  chains hold, ``docs/results.md``).
 - ``oracle_n<N>`` (``enum`` only): the exact reverse process of the ``N``-round chain whose
   forward kernel is the trained DiT's teacher (``oracle_forward_marginals``,
   ``oracle_reverse_sample``), started from the ``prior`` row's drafts.
@@ -77,7 +79,11 @@ from glauber_jax import gin_utils, infer, summaries, synthetic, train
 PRESETS = ("smoke", "quick", "full")
 VARIANTS = ("hmm", "enum")
 KINDS = ("causal_lm", "mdlm", "prior", "glauber", "oracle", "perturbed")
+#: Kinds whose samples are a CAUSAL-GEN draft plus reverse rounds (judged on both).
+ROUNDS_KINDS = ("glauber", "oracle", "perturbed")
 LOSS = "glauber_model.GlauberDiffusionModel.loss = '{}'"
+#: Algorithm 1's fresh data row per pair: ``ce_all_sites`` memorises the buffer's few rows.
+LITERAL = "glauber_model.GlauberDiffusionModel.training_mode = 'literal'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +126,10 @@ ROWS: dict[str, Row] = {
     "teacher_gibbs_n3": Row("glauber", ("NUM_ROUNDS = 3",), train=False),
     "glauber_ce_n1": Row("glauber", ("NUM_ROUNDS = 1", LOSS.format("ce"))),
     "glauber_ce_n3": Row("glauber", ("NUM_ROUNDS = 3", LOSS.format("ce"))),
+    "glauber_ce_all_sites_n1": Row("glauber", ("NUM_ROUNDS = 1", LOSS.format("ce_all_sites"),
+                                               LITERAL)),
+    "glauber_ce_all_sites_n3": Row("glauber", ("NUM_ROUNDS = 3", LOSS.format("ce_all_sites"),
+                                               LITERAL)),
     "glauber_se_n1": Row("glauber", ("NUM_ROUNDS = 1", LOSS.format("score_entropy"))),
     "glauber_se_n3": Row("glauber", ("NUM_ROUNDS = 3", LOSS.format("score_entropy"))),
     "oracle_n1": Row("oracle", source="glauber_ce_n1", variants=("enum",)),
@@ -609,7 +619,8 @@ class Testbed:
     with open(os.path.join(directory, "row.json"), "w", encoding="utf-8") as f:
       json.dump(result, f, indent=1)
     self.log(f"{setup.name}/{name}: true_nll {_fmt(result['true_nll'])} (data "
-             f"{_fmt(result['data_nll'])}), entropy {_fmt(result['entropy'])}"
+             f"{_fmt(result['data_nll'])}, drafts {_fmt(result.get('draft_true_nll'))}), "
+             f"entropy {_fmt(result['entropy'])}"
              + (f", tv {_fmt(result.get('tv'))} (noise {_fmt(result.get('tv_noise'))})"
                 if setup.enumerable else "") + f"; {result['seconds']:.0f} s")
     return result
@@ -621,8 +632,14 @@ class Testbed:
 
     def entry() -> dict[str, Any]:
       language = registry.synthetic_language(setup.name)
-      return synthetic.exact_judge_row([r["token_ids"] for r in records], language,
-                                       vocabulary, setup.enumerable)
+      judged = synthetic.exact_judge_row([r["token_ids"] for r in records], language,
+                                         vocabulary, setup.enumerable)
+      if row.kind in ROUNDS_KINDS:  # The same judge on the row's own drafts, before its rounds.
+        drafts = [r["causal_draft_ids"] for r in records]
+        of_drafts = synthetic.exact_judge_row(drafts, language, vocabulary, setup.enumerable)
+        judged.update({f"draft_{key}": of_drafts[key] for key in
+                       ("true_nll", "true_nll_se", "entropy", "tv") if key in of_drafts})
+      return judged
 
     gin.clear_config()
     try:
@@ -866,7 +883,8 @@ def markdown_table(table: Sequence[dict[str, Any]], command: str, preset: str) -
            f"Command: `{command}`", "",
            f"Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}", "",
            "`true_nll`: mean exact `-log p(x) / L` of the samples (nats/token; +- standard "
-           "error), `data_nll` the same for data; `entropy`: token entropy of the samples "
+           "error), `draft_nll` the same for the row's own CAUSAL-GEN drafts before its rounds, "
+           "`data_nll` for data; `entropy`: token entropy of the samples "
            "(`data_entropy` of as many data sequences); `tv`: total variation to the exact law, "
            "with `tv_noise` the floor of a perfect sampler of as many samples; `invalid`: "
            "samples holding a non-letter; `changed`: mean sites the rounds changed; `calls`: "
@@ -878,9 +896,9 @@ def markdown_table(table: Sequence[dict[str, Any]], command: str, preset: str) -
     if not rows:
       continue
     enumerable = any("tv" in r for r in rows)
-    header = ["model", "true_nll", "data_nll", "entropy", "data_entropy"]
+    header = ["model", "true_nll", "draft_nll", "data_nll", "entropy", "data_entropy"]
     if enumerable:
-      header += ["tv", "tv_noise"]
+      header += ["tv", "draft_tv", "tv_noise"]
     header += ["invalid", "changed", "calls", "samples", "train steps", "training",
                "parameters", "seconds"]
     lines += [f"## {variant} (L = {rows[0]['sequence_length']})", "",
@@ -889,10 +907,11 @@ def markdown_table(table: Sequence[dict[str, Any]], command: str, preset: str) -
     for r in rows:
       nll = _fmt(r["true_nll"]) + (f" +- {r['true_nll_se']:.3f}" if r.get("true_nll_se")
                                    else "")
-      cells = [r["model"], nll, f"{_fmt(r['data_nll'])} +- {_fmt(r['data_nll_se'])}",
+      cells = [r["model"], nll, _fmt(r.get("draft_true_nll")),
+               f"{_fmt(r['data_nll'])} +- {_fmt(r['data_nll_se'])}",
                _fmt(r["entropy"]), _fmt(r["data_entropy"])]
       if enumerable:
-        cells += [_fmt(r.get("tv")), _fmt(r.get("tv_noise"))]
+        cells += [_fmt(r.get("tv")), _fmt(r.get("draft_tv")), _fmt(r.get("tv_noise"))]
       seconds = r["seconds"] + r.get("seconds_ul2", 0.0)
       cells += [_fmt(r["invalid_fraction"]), _fmt(r.get("sites_changed"), 1),
                 str(r["sampling_calls"] or "exact"), str(r["num_samples"]),

@@ -222,6 +222,40 @@ def test_encoder_readout_chain_health_and_prior_loss() -> None:
   np.testing.assert_array_equal(get(before), np.asarray(get(state.params)))
 
 
+def test_ce_all_sites_trains_every_site_of_the_previous_state() -> None:
+  """``ce_all_sites``: the cloze read-out of every site in one pass equals MASK-INFILL's at that
+  site, the per-pair loss is the mean infill cross entropy over the sites of ``x_{t-1}`` and its
+  reverse cross entropy metric is the one at the updated site; it needs the cloze read-out."""
+  cloze_network = dataclasses.replace(NETWORK, infill_readout="cloze")
+  model = make_model(network_config=cloze_network, loss="ce_all_sites", prior_loss_weight=0.0)
+  params = init_params(model)
+  previous = jnp.asarray(text_batch(4, seed=3))
+  times = jnp.asarray([1, 4, 9, 16])
+  every_site = model.cloze_logits(params, previous, times)
+  for site in range(SEQ_LEN):
+    sites = jnp.full((4,), site)
+    np.testing.assert_allclose(np.asarray(every_site[:, site]),
+                               np.asarray(model.infill_logits(params, previous, sites, times)),
+                               rtol=1e-5, atol=1e-5)
+  sites = jnp.asarray([0, 3, 5, 7])
+  current_values = (glauber.get_sites(previous, sites) + 1).astype(jnp.int32)
+  batch = {"tokens": glauber.set_sites(previous, sites, current_values), "sites": sites,
+           "times": times, "previous_values": glauber.get_sites(previous, sites),
+           "current_values": current_values, "data": previous,
+           "teacher_log_probs": jnp.zeros((4, VOCAB.vocab_size))}
+  loss, metrics = model.loss_fn(params, batch, None)
+  site_nll = np.stack([
+      -np.asarray(glauber.get_sites(
+          model.infill_log_probs(params, previous, jnp.full((4,), k), times),
+          previous[:, k]))
+      for k in range(SEQ_LEN)], axis=1)
+  np.testing.assert_allclose(float(loss), site_nll.mean(axis=1).sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["reverse_cross_entropy_sum"]),
+                             site_nll[np.arange(4), np.asarray(sites)].sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match="cloze"):
+    make_model(loss="ce_all_sites")
+
+
 def test_eos_is_drawn_only_where_it_is_text() -> None:
   """Without EOS in the text no draw writes it: the forward kernel, the infill and the prior."""
   model = make_model(text_includes_eos=False)
