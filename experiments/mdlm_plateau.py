@@ -33,6 +33,7 @@ import optax
 
 import tasks  # noqa: F401  Registers shakespeare_lm.
 from glauber_jax import baselines, data, single_stack
+from glauber_jax.processes import absorbing
 
 VARIANTS = ("nelbo", "masked_ce", "duplicated", "causal_attention", "causal_lm")
 SEQ_LEN, BATCH, EVAL_MASK_RATE = 64, 32, 0.15
@@ -42,8 +43,8 @@ def masked_cross_entropy(model: baselines.MDLMModel, params: dict, tokens: jax.A
                          rng: jax.Array) -> jax.Array:
   """Mean cross entropy of the masked tokens, ``EVAL_MASK_RATE`` of them masked."""
   times = jnp.full((tokens.shape[0],), EVAL_MASK_RATE)
-  noisy, masked = baselines.forward_mask(rng, tokens, times, model.mask_id)
-  log_probs = baselines.subs_log_probs(model.logits(params, noisy, times), model.mask_id)
+  noisy, masked = absorbing.forward_mask(rng, tokens, times, model.mask_id)
+  log_probs = absorbing.subs_log_probs(model.logits(params, noisy, times), model.mask_id)
   token_log_probs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
   return -jnp.sum(jnp.where(masked, token_log_probs, 0.0)) / jnp.sum(masked)
 

@@ -7,23 +7,12 @@ Both are ``models.BaseModel`` subclasses on ``single_stack.SingleStack``, traine
 - ``CausalLMModel``: next-token cross entropy with the start id 0 shifted in (as T5 decoders
   do); sampling with a KV cache in one compiled loop; ``log_likelihood`` scores sequences, so a
   larger one serves as the judge of generative perplexity.
-- ``MDLMModel``: the masked diffusion language model of Sahoo et al. 2024. The absorbing state
-  ``m`` is the vocabulary's ``sentinel_id(0)`` (``denoisers.SpecialIds.mask``) and the schedule
-  log-linear, ``alpha_t = 1 - t``: at time ``t`` each token is masked independently with
-  probability ``t``. The denoiser uses the SUBS parameterisation: its output never puts mass on
-  ``m`` and unmasked tokens are carried over unchanged. With ``alpha'_t / (1 - alpha_t) = -1/t``
-  the continuous-time bound is
+- ``MDLMModel``: the masked diffusion language model of Sahoo et al. 2024 on the absorbing
+  process of ``processes/absorbing.py`` (forward masking, SUBS read-out, NELBO, ancestral
+  sampler, as pure array functions over any ``logits_fn``), whose absorbing state ``m`` is the
+  vocabulary's ``sentinel_id(0)`` (``denoisers.SpecialIds.mask``).
 
-      -log p(x) <= NELBO(x)
-                 = E_{t ~ U(0, 1], z_t} [ (1/t) sum_{i: z_t^i = m} -log x_theta^i(z_t)[x^i] ],
-
-  and the ancestral sampler steps ``t -> s = t - 1/N`` on the grid ``t_k = k/N``: a masked
-  token is revealed with probability ``(t - s)/t = 1/k``, to a draw from ``x_theta``.
-
-The MDLM process is also available as pure array functions (``stratified_times``,
-``forward_mask``, ``subs_log_probs``, ``nelbo_terms``, ``nelbo``, ``ancestral_sample``) that
-take any ``logits_fn(noisy [B, L], times [B]) -> [B, L, V]``, so a table can stand in for the
-network in exact tests. Every draw goes through ``sampling.sample_categorical``; samples of
+Every draw goes through ``sampling.sample_categorical``; samples of
 both models hold only text ids (no pad, EOS, sentinels or mode tokens), like the Glauber
 sampler's.
 """
@@ -31,7 +20,7 @@ sampler's.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import gin
@@ -40,103 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from glauber_jax import denoisers, models, sampling, single_stack, throughput, vocabularies
+from glauber_jax.processes import absorbing
 
 Array = jax.Array
 Params = Any
 Batch = Mapping[str, Array]
-#: ``(noisy [B, L], times [B]) -> logits [B, L, V]``: an MDLM denoiser.
-LogitsFn = Callable[[Array, Array], Array]
 
 START_ID = 0  # The pad id, also the decoder start token (T5's convention).
-
-
-# ---- The MDLM process as array functions -------------------------------------------------------
-
-
-def stratified_times(rng: Array, batch: int, epsilon: float = 0.0) -> Array:
-  """``[batch]`` diffusion times in ``(epsilon, 1]``, each marginally uniform.
-
-  MDLM's low-discrepancy sampler: one uniform offset ``u`` and ``t_i = 1 - frac(u + i/batch)``
-  (mapped into ``(epsilon, 1]``), so the batch covers the interval evenly and the estimate of
-  the bound has lower variance. ``t`` is never 0.
-  """
-  offset = jax.random.uniform(rng, ())
-  fraction = jnp.mod(offset + jnp.arange(batch, dtype=jnp.float32) / batch, 1.0)
-  return epsilon + (1.0 - epsilon) * (1.0 - fraction)
-
-
-def coin_flips(rng: Array, prob: Array, shape: tuple[int, ...]) -> Array:
-  """Bernoulli(``prob``) draws of ``shape`` (bool), as two-way ``sample_categorical`` draws."""
-  prob = jnp.broadcast_to(jnp.asarray(prob, jnp.float32), shape)
-  logits = jnp.stack([jnp.log1p(-prob), jnp.log(prob)], axis=-1)
-  return sampling.sample_categorical(rng, logits) == 1
-
-
-def forward_mask(rng: Array, tokens: Array, times: Array, mask_id: int) -> tuple[Array, Array]:
-  """``z_t``: each token of ``tokens [B, L]`` replaced by ``mask_id`` with probability
-  ``times [B]``. Returns ``(noisy, masked)``."""
-  masked = coin_flips(rng, times[:, None], tokens.shape)
-  return jnp.where(masked, mask_id, tokens), masked
-
-
-def subs_log_probs(logits: Array, mask_id: int) -> Array:
-  """SUBS output: float32 log-probabilities ``[..., V]`` with zero mass on ``mask_id``."""
-  logits = logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
-  return jax.nn.log_softmax(logits, axis=-1)
-
-
-def nelbo_terms(log_probs: Array, tokens: Array, masked: Array, times: Array) -> Array:
-  """One draw of the NELBO integrand per sequence, ``[B]`` nats:
-  ``(1/t) sum_{masked i} -log p_theta(x^i | z_t)`` (unmasked positions cost nothing)."""
-  token_log_probs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
-  return -jnp.sum(jnp.where(masked, token_log_probs, 0.0), axis=-1) / times
-
-
-def nelbo(rng: Array, tokens: Array, logits_fn: LogitsFn, mask_id: int,
-          epsilon: float = 0.0) -> Array:
-  """A one-draw Monte Carlo estimate ``[B]`` of the NELBO of ``tokens [B, L]`` (nats).
-
-  With ``epsilon = 0`` the estimate is unbiased, so its mean bounds ``-log p_theta(x)`` from
-  above; ``epsilon > 0`` (training) drops the part of the integral below ``epsilon``.
-  """
-  time_rng, mask_rng = jax.random.split(rng)
-  times = stratified_times(time_rng, tokens.shape[0], epsilon)
-  noisy, masked = forward_mask(mask_rng, tokens, times, mask_id)
-  return nelbo_terms(subs_log_probs(logits_fn(noisy, times), mask_id), tokens, masked, times)
-
-
-def ancestral_sample(rng: Array, logits_fn: LogitsFn, initial: Array, num_steps: int,
-                     mask_id: int, allowed_tokens: Optional[Array] = None,
-                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Array:
-  """MDLM's ancestral sampler in one ``lax.scan``: ``[B, L]`` tokens, none of them masked.
-
-  Args:
-    rng: PRNG key; step ``k`` draws with ``fold_in(rng, k)``.
-    logits_fn: the denoiser.
-    initial: ``[B, L]``: ``mask_id`` at the positions to generate; any other token is kept
-      (a prefix, or infilling context).
-    num_steps: ``N``; step ``k = N .. 1`` goes from ``t = k/N`` to ``s = (k - 1)/N``, revealing
-      each masked token with probability ``(t - s)/t = 1/k`` (all of them at ``k = 1``).
-    mask_id: the absorbing token.
-    allowed_tokens: ``[V]`` bool; revealed tokens are drawn among the True ids only (the
-      models pass the text ids). None: every id but ``mask_id``.
-    temperature, top_k, top_p: shape the token draws (``sampling.sample_categorical``).
-  """
-  batch = initial.shape[0]
-
-  def step(noisy: Array, k: Array) -> tuple[Array, None]:
-    token_rng, coin_rng = jax.random.split(jax.random.fold_in(rng, k))
-    times = jnp.full((batch,), k.astype(jnp.float32) / num_steps)
-    logits = subs_log_probs(logits_fn(noisy, times), mask_id)
-    if allowed_tokens is not None:
-      logits = jnp.where(allowed_tokens, logits, -jnp.inf)
-    proposal = sampling.sample_categorical(token_rng, logits, temperature, top_k, top_p)
-    reveal = coin_flips(coin_rng, 1.0 / k.astype(jnp.float32), noisy.shape)
-    return jnp.where((noisy == mask_id) & reveal, proposal, noisy), None
-
-  final, _ = jax.lax.scan(step, initial.astype(jnp.int32),
-                          jnp.arange(num_steps, 0, -1, dtype=jnp.int32))
-  return final
 
 
 # ---- Shared plumbing ---------------------------------------------------------------------------
@@ -365,12 +264,12 @@ class MDLMModel(_SingleStackModel):
     tokens = batch["targets"]
     time_rng, mask_rng, dropout_rng = jax.random.split(
         rng if rng is not None else jax.random.PRNGKey(0), 3)
-    times = stratified_times(time_rng, tokens.shape[0], self.time_epsilon)
-    noisy, masked = forward_mask(mask_rng, tokens, times, self.mask_id)
-    log_probs = subs_log_probs(
+    times = absorbing.stratified_times(time_rng, tokens.shape[0], self.time_epsilon)
+    noisy, masked = absorbing.forward_mask(mask_rng, tokens, times, self.mask_id)
+    log_probs = absorbing.subs_log_probs(
         self.logits(params, noisy, times, dropout_rng if rng is not None else None),
         self.mask_id)
-    loss = jnp.sum(nelbo_terms(log_probs, tokens, masked, times))
+    loss = jnp.sum(absorbing.nelbo_terms(log_probs, tokens, masked, times))
     correct = (jnp.argmax(log_probs, axis=-1) == tokens) & masked
     return loss, {
         "loss_sum": loss,
@@ -387,7 +286,7 @@ class MDLMModel(_SingleStackModel):
     Glauber model's ``likelihood_bound`` does."""
     params = nn.meta.unbox(params)
     draws = jax.lax.map(
-        lambda key: nelbo(key, tokens, functools.partial(self.logits, params), self.mask_id),
+        lambda key: absorbing.nelbo(key, tokens, functools.partial(self.logits, params), self.mask_id),
         jax.random.split(rng, num_samples))
     return -jnp.mean(draws, axis=0)
 
@@ -408,7 +307,7 @@ class MDLMModel(_SingleStackModel):
     prefix = _prefix_or_empty(prefix, batch_size, self.seq_len)
     initial = jnp.pad(prefix, ((0, 0), (0, self.seq_len - prefix.shape[1])),
                       constant_values=self.mask_id)
-    return ancestral_sample(rng, functools.partial(self.logits, params), initial,
+    return absorbing.ancestral_sample(rng, functools.partial(self.logits, params), initial,
                             num_steps or self.num_steps, self.mask_id,
                             jnp.asarray(self.allowed_tokens), temperature, top_k, top_p)
 

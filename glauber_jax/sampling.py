@@ -99,3 +99,10 @@ def sample_categorical(rng: Array, logits: Array, temperature: float = 1.0, top_
     candidates = _mask_top_p(candidates, top_p)
   choice = _gumbel_argmax(rng, candidates)
   return jnp.take_along_axis(candidate_ids, choice[..., None], axis=-1)[..., 0]
+
+
+def coin_flips(rng: Array, prob: Array, shape: tuple[int, ...]) -> Array:
+  """Bernoulli(``prob``) draws of ``shape`` (bool), as two-way ``sample_categorical`` draws."""
+  prob = jnp.broadcast_to(jnp.asarray(prob, jnp.float32), shape)
+  logits = jnp.stack([jnp.log1p(-prob), jnp.log(prob)], axis=-1)
+  return sample_categorical(rng, logits) == 1

@@ -13,6 +13,7 @@ import pytest
 
 from glauber_jax import (baselines, optimizers, partitioning, single_stack, trainer,
                          vocabularies)
+from glauber_jax.processes import absorbing
 
 SEQ_LEN = 8
 VOCAB = vocabularies.ByteVocabulary()
@@ -185,8 +186,8 @@ def quadrature_nelbo(logits_fn) -> np.ndarray:
       masked = jnp.broadcast_to(jnp.asarray(pattern), tokens.shape)
       noisy = jnp.where(masked, TOY_MASK, tokens)
       t_batch = jnp.full((len(tokens),), t, jnp.float32)
-      terms = baselines.nelbo_terms(
-          baselines.subs_log_probs(logits_fn(noisy, t_batch), TOY_MASK), tokens, masked, t_batch)
+      terms = absorbing.nelbo_terms(
+          absorbing.subs_log_probs(logits_fn(noisy, t_batch), TOY_MASK), tokens, masked, t_batch)
       probability = t ** pattern.sum() * (1 - t) ** (2 - pattern.sum())
       total += w * probability * np.asarray(terms)
   return total
@@ -203,7 +204,7 @@ def test_mdlm_nelbo_on_the_toy_is_exact_for_the_true_posterior_and_a_bound_other
   # The Monte Carlo estimator (t in (0, 1], stratified over the batch) agrees with the exact
   # value. Rows cycle through the sequences, so each one's copies spread over the times.
   tokens = jnp.asarray(np.tile(TOY_SEQUENCES, (4096, 1)))
-  draws = np.concatenate([np.asarray(baselines.nelbo(
+  draws = np.concatenate([np.asarray(absorbing.nelbo(
       jax.random.PRNGKey(seed), tokens, exact_toy_logits, TOY_MASK)).reshape(-1, 9).T
                           for seed in range(4)], axis=1)
   error = np.abs(draws.mean(1) - TOY_NLL)
@@ -213,17 +214,17 @@ def test_mdlm_nelbo_on_the_toy_is_exact_for_the_true_posterior_and_a_bound_other
 def test_mdlm_sampler_on_the_toy_reproduces_the_data_distribution() -> None:
   allowed = jnp.array([True, True, True, False])
   initial = jnp.full((40000, 2), TOY_MASK, jnp.int32)
-  samples = np.asarray(baselines.ancestral_sample(jax.random.PRNGKey(0), exact_toy_logits,
+  samples = np.asarray(absorbing.ancestral_sample(jax.random.PRNGKey(0), exact_toy_logits,
                                                   initial, 256, TOY_MASK, allowed))
   assert ((samples >= 0) & (samples < 3)).all()  # Never the mask.
   counts = np.bincount(samples[:, 0] * 3 + samples[:, 1], minlength=9) / len(samples)
   total_variation = 0.5 * np.abs(counts - TOY_TABLE.reshape(-1)).sum()
   assert total_variation < 0.03, total_variation
-  again = baselines.ancestral_sample(jax.random.PRNGKey(0), exact_toy_logits, initial[:64], 16,
+  again = absorbing.ancestral_sample(jax.random.PRNGKey(0), exact_toy_logits, initial[:64], 16,
                                      TOY_MASK, allowed)
-  np.testing.assert_array_equal(again, baselines.ancestral_sample(
+  np.testing.assert_array_equal(again, absorbing.ancestral_sample(
       jax.random.PRNGKey(0), exact_toy_logits, initial[:64], 16, TOY_MASK, allowed))
-  assert (np.asarray(again) != np.asarray(baselines.ancestral_sample(
+  assert (np.asarray(again) != np.asarray(absorbing.ancestral_sample(
       jax.random.PRNGKey(1), exact_toy_logits, initial[:64], 16, TOY_MASK, allowed))).any()
 
 
