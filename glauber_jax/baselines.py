@@ -19,6 +19,7 @@ sampler's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Mapping, Optional
 
@@ -51,12 +52,6 @@ def _prefix_or_empty(prefix: Optional[Array], batch_size: int, seq_len: int) -> 
     raise ValueError(f"prefix length {prefix.shape[1]} leaves nothing to generate (L = "
                      f"{seq_len}).")
   return prefix.astype(jnp.int32)
-
-
-def _check_glauber_knobs(num_rounds: Optional[int], infill_temperature: float) -> None:
-  if num_rounds not in (None, 0) or infill_temperature != 1.0:
-    raise ValueError("num_rounds and infill_temperature are Glauber sampler settings; this "
-                     f"baseline has neither (got {num_rounds}, {infill_temperature}).")
 
 
 class _SingleStackModel(models.BaseModel):
@@ -113,6 +108,8 @@ class CausalLMModel(_SingleStackModel):
     z_loss: T5X's auxiliary ``log(Z)^2`` coefficient.
   """
 
+  sampler_options_type = models.SamplerOptions
+
   def __init__(self, config: single_stack.SingleStackConfig = gin.REQUIRED,
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED, seq_len: int = gin.REQUIRED,
                z_loss: float = 1e-4) -> None:
@@ -152,6 +149,12 @@ class CausalLMModel(_SingleStackModel):
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
     return self.log_likelihood(params, batch["targets"])
+
+  def likelihood_bound(self, params: Params, tokens: Array, rng: Array,
+                       inference_state: Optional[Mapping[str, Params]] = None) -> Array:
+    """The exact ``log_likelihood`` (no bound needed; ``rng`` unused)."""
+    del rng, inference_state
+    return self.log_likelihood(params, tokens)
 
   @functools.partial(jax.jit, static_argnames=("self", "batch_size", "temperature", "top_k",
                                                "top_p", "text_only"))
@@ -195,14 +198,11 @@ class CausalLMModel(_SingleStackModel):
                                           (tokens, logits, cache))
     return tokens.at[:, -1].set(choose(self.seq_len - 1, logits))
 
-  def sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array] = None,
-             num_rounds: Optional[int] = None, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, infill_temperature: float = 1.0) -> tuple[Array, Array]:
-    """``GlauberDiffusionModel.sample``'s signature for the infer CLI: ``(x, x)`` with
-    ``x = generate(...)``; ``num_rounds`` must be None or 0, ``infill_temperature`` 1."""
-    _check_glauber_knobs(num_rounds, infill_temperature)
-    tokens = self.generate(params, rng, batch_size, prefix, temperature, top_k, top_p)
-    return tokens, tokens
+  def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
+              options: models.SamplerOptions) -> models.Samples:
+    """``generate`` with the options' temperature, top-k and top-p; no draft."""
+    return models.Samples(None, self.generate(params, rng, batch_size, prefix,
+                                              options.temperature, options.top_k, options.top_p))
 
   def predict_batch(self, params: Params, batch: Batch, rng: Array, **kwargs: Any) -> Array:
     """Samples ``[B, L]`` (``kwargs`` go to ``generate``)."""
@@ -210,6 +210,17 @@ class CausalLMModel(_SingleStackModel):
 
 
 # ---- Masked diffusion --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MDLMSamplerOptions(models.SamplerOptions):
+  """The ancestral sampler's settings.
+
+  Attributes:
+    num_steps: ancestral steps (None: ``MDLMModel.num_steps``).
+  """
+
+  num_steps: Optional[int] = None
 
 
 @gin.configurable
@@ -226,6 +237,8 @@ class MDLMModel(_SingleStackModel):
       keeps ``1/t`` bounded); the bound (``score_batch``, ``likelihood_bound``) uses ``(0, 1]``.
     num_score_samples: Monte Carlo draws of ``t`` averaged per sequence by ``score_batch``.
   """
+
+  sampler_options_type = MDLMSamplerOptions
 
   def __init__(self, config: single_stack.SingleStackConfig = gin.REQUIRED,
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED, seq_len: int = gin.REQUIRED,
@@ -279,21 +292,23 @@ class MDLMModel(_SingleStackModel):
     }
 
   @functools.partial(jax.jit, static_argnames=("self", "num_samples"))
-  def likelihood_bound(self, params: Params, tokens: Array, rng: Array,
-                       num_samples: int = 1) -> Array:
+  def elbo(self, params: Params, tokens: Array, rng: Array, num_samples: int = 1) -> Array:
     """The ELBO ``[B]`` (nats, ``<= log p_theta(x)``) of ``tokens [B, L]``, averaged over
-    ``num_samples`` draws of ``(t, z_t)``; ``exp(-mean / L)`` bounds the perplexity, as the
-    Glauber model's ``likelihood_bound`` does."""
-    params = nn.meta.unbox(params)
-    draws = jax.lax.map(
-        lambda key: absorbing.nelbo(key, tokens, functools.partial(self.logits, params), self.mask_id),
-        jax.random.split(rng, num_samples))
+    ``num_samples`` draws of ``(t, z_t)``; ``exp(-mean / L)`` bounds the perplexity."""
+    logits_fn = functools.partial(self.logits, nn.meta.unbox(params))
+    draws = jax.lax.map(lambda key: absorbing.nelbo(key, tokens, logits_fn, self.mask_id),
+                        jax.random.split(rng, num_samples))
     return -jnp.mean(draws, axis=0)
+
+  def likelihood_bound(self, params: Params, tokens: Array, rng: Array,
+                       inference_state: Optional[Mapping[str, Params]] = None) -> Array:
+    """The one-draw ``elbo`` (MDLM needs no inference state)."""
+    del inference_state
+    return self.elbo(params, tokens, rng)
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
     """The ELBO with ``num_score_samples`` draws (a lower bound on the log-likelihood)."""
-    return self.likelihood_bound(params, batch["targets"], jax.random.PRNGKey(0),
-                                 self.num_score_samples)
+    return self.elbo(params, batch["targets"], jax.random.PRNGKey(0), self.num_score_samples)
 
   @functools.partial(jax.jit, static_argnames=("self", "batch_size", "num_steps",
                                                "temperature", "top_k", "top_p"))
@@ -308,17 +323,23 @@ class MDLMModel(_SingleStackModel):
     initial = jnp.pad(prefix, ((0, 0), (0, self.seq_len - prefix.shape[1])),
                       constant_values=self.mask_id)
     return absorbing.ancestral_sample(rng, functools.partial(self.logits, params), initial,
-                            num_steps or self.num_steps, self.mask_id,
-                            jnp.asarray(self.allowed_tokens), temperature, top_k, top_p)
+                                      num_steps or self.num_steps, self.mask_id,
+                                      jnp.asarray(self.allowed_tokens), temperature, top_k,
+                                      top_p)
 
-  def sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array] = None,
-             num_rounds: Optional[int] = None, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, infill_temperature: float = 1.0) -> tuple[Array, Array]:
-    """``GlauberDiffusionModel.sample``'s signature for the infer CLI: ``(x, x)`` with
-    ``x = generate(...)``; ``num_rounds`` must be None or 0, ``infill_temperature`` 1."""
-    _check_glauber_knobs(num_rounds, infill_temperature)
-    tokens = self.generate(params, rng, batch_size, prefix, None, temperature, top_k, top_p)
-    return tokens, tokens
+  def sampler_options(self, options: Mapping[str, Any]) -> MDLMSamplerOptions:
+    """The options with ``num_steps`` resolved (default: the configured ``N``) and checked."""
+    resolved = super().sampler_options(options)
+    num_steps = self.num_steps if resolved.num_steps is None else resolved.num_steps
+    if num_steps < 1:
+      raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+    return dataclasses.replace(resolved, num_steps=num_steps)
+
+  def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
+              options: MDLMSamplerOptions) -> models.Samples:
+    """``generate`` with the options' steps, temperature, top-k and top-p; no draft."""
+    return models.Samples(None, self.generate(params, rng, batch_size, prefix, options.num_steps,
+                                              options.temperature, options.top_k, options.top_p))
 
   def predict_batch(self, params: Params, batch: Batch, rng: Array, **kwargs: Any) -> Array:
     """Samples ``[B, L]`` (``kwargs`` go to ``generate``)."""

@@ -161,6 +161,28 @@ def load_params(path: str, abstract_params: Any, key: Sequence[str] = ("params",
   return subtree(restored)
 
 
+def load_metadata(path: str) -> dict[str, Any]:
+  """The ``metadata`` item of the latest step of a run's checkpoints (``path``: the model
+  directory or its ``checkpoints`` directory); ``{}`` for a directory that holds no training
+  checkpoint (an ``hf_import`` conversion)."""
+  path = paths.resolve(path)
+  for root in (path / "checkpoints", path):
+    if not root.is_dir():
+      continue
+    manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step()
+    if step is None:
+      continue
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**{
+          METADATA_ITEM: ocp.args.JsonRestore()}))
+    except Exception as error:  # Orbax raises many types; name the checkpoint.
+      raise CheckpointError(f"could not read the metadata of step {step} in {root}: "
+                            f"{error}") from error
+    return dict(restored[METADATA_ITEM] or {})
+  return {}
+
+
 def load_source_params(path: str, abstract_params: Any,
                        is_added_param: Callable[[tuple[str, ...]], bool]) -> Any:
   """The checkpoint's parameters for every leaf that ``is_added_param`` does not claim.

@@ -28,6 +28,7 @@ tasks of fixed-length sequences with no end (``text_includes_eos``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any, Mapping, Optional
@@ -51,6 +52,19 @@ TRAINING_MODES = ("buffer", "literal")
 LOSSES = glauber.LOSSES + ("ce_all_sites",)
 #: Parameters the DiT adds to the source UL2 network (initialised fresh when converting).
 TIME_PARAM_NAMES = ("time_embedding", "modulation")
+
+
+@dataclasses.dataclass(frozen=True)
+class GlauberSamplerOptions(models.SamplerOptions):
+  """Algorithm 2's settings: ``temperature``/``top_k``/``top_p`` shape the CAUSAL-GEN draft.
+
+  Attributes:
+    num_rounds: reverse rounds after the draft (None: the trained ``N``; 0: the draft alone).
+    infill_temperature: temperature of the MASK-INFILL draws.
+  """
+
+  num_rounds: Optional[int] = None
+  infill_temperature: float = 1.0
 
 
 @gin.configurable
@@ -93,6 +107,8 @@ class GlauberDiffusionModel(models.BaseModel):
   """
 
   feature_names = ("targets",)
+  sampler_options_type = GlauberSamplerOptions
+  inference_state_names = ("teacher",)
 
   def __init__(self, network_config: network.NetworkConfig = gin.REQUIRED,
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED, seq_len: int = gin.REQUIRED,
@@ -339,6 +355,23 @@ class GlauberDiffusionModel(models.BaseModel):
             "forward_mixing": self.forward_mixing,
             "infill_readout": self.network_config.infill_readout}
 
+  def check_checkpoint_metadata(self, saved: Mapping[str, Any]) -> None:
+    """The checkpoint's permutations must be this model's: the reverse rounds visit the sites
+    in the order the model was trained on. A UL2 or source checkpoint has none."""
+    if "glauber_schedule" not in saved:
+      return
+    trained = glauber.GlauberSchedule.from_json(saved["glauber_schedule"])
+    if not np.array_equal(trained.permutations, self.schedule.permutations):
+      trained_order = np.asarray(trained.permutations)[:, :8].tolist()
+      configured_order = np.asarray(self.schedule.permutations)[:, :8].tolist()
+      raise ValueError(
+          f"the checkpoint was trained with {trained.num_rounds} rounds of site permutations "
+          f"starting {trained_order}, but the gin configuration builds "
+          f"{self.schedule.num_rounds} rounds starting {configured_order}: the rounds would "
+          "visit the sites in an order the model never saw. Use the run's NUM_ROUNDS and "
+          "GlauberDiffusionModel.permutation_seed (for fewer rounds at inference, the "
+          "num_rounds sampler option).")
+
   # ---- Chain health ----------------------------------------------------------------------------
 
   @functools.partial(jax.jit, static_argnames=("self",))
@@ -415,39 +448,49 @@ class GlauberDiffusionModel(models.BaseModel):
         top_k=top_k, top_p=top_p, eos_id=None, allowed_tokens=jnp.asarray(self.allowed_tokens))
     return jnp.concatenate([prefix.astype(jnp.int32), continuation], axis=1)
 
-  @functools.partial(jax.jit, static_argnames=("self", "batch_size", "num_rounds", "temperature",
-                                               "top_k", "top_p", "infill_temperature"))
-  def sample(self, params: Params, rng: Array, batch_size: int,
-             prefix: Optional[Array] = None, num_rounds: Optional[int] = None,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             infill_temperature: float = 1.0) -> tuple[Array, Array]:
-    """Algorithm 2 in one compiled program: ``(causal_draft, final)``, each ``[B, L]``.
-
-    ``num_rounds`` (default ``N``) reverse rounds of MASK-INFILL follow the CAUSAL-GEN draft;
-    fewer rounds than trained run the last rounds' steps ``t = n L .. 1``; 0 is CAUSAL-GEN
-    only. ``temperature``/``top_k``/``top_p`` shape the causal phase, ``infill_temperature``
-    the infill draws. Prefix sites are never resampled.
-    """
-    num_rounds = self.schedule.num_rounds if num_rounds is None else num_rounds
+  def sampler_options(self, options: Mapping[str, Any]) -> GlauberSamplerOptions:
+    """The options with ``num_rounds`` resolved (default: the trained ``N``) and checked."""
+    resolved = super().sampler_options(options)
+    num_rounds = (self.schedule.num_rounds if resolved.num_rounds is None
+                  else resolved.num_rounds)
     if not 0 <= num_rounds <= self.schedule.num_rounds:
-      raise ValueError(f"num_rounds must be in [0, {self.schedule.num_rounds}], got "
-                       f"{num_rounds}.")
+      raise ValueError(f"num_rounds must be in [0, {self.schedule.num_rounds}] (the trained N), "
+                       f"got {num_rounds}.")
+    return dataclasses.replace(resolved, num_rounds=num_rounds)
+
+  def draft_options(self, options: models.SamplerOptions) -> GlauberSamplerOptions:
+    """CAUSAL-GEN alone: no rounds."""
+    return dataclasses.replace(options, num_rounds=0)
+
+  def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
+              options: GlauberSamplerOptions) -> models.Samples:
+    """Algorithm 2 in one compiled program: the CAUSAL-GEN draft, then ``options.num_rounds``
+    reverse rounds of MASK-INFILL (fewer than trained run the last rounds' steps
+    ``t = n L .. 1``; 0 is CAUSAL-GEN only). The causal phase draws with the options'
+    ``temperature``/``top_k``/``top_p``, the infill draws with ``infill_temperature``."""
     causal_rng, infill_rng = jax.random.split(rng)
-    draft = self.causal_gen(params, causal_rng, batch_size, prefix, temperature, top_k, top_p)
-    if num_rounds == 0:
-      return draft, draft
+    draft = self.causal_gen(params, causal_rng, batch_size, prefix, options.temperature,
+                            options.top_k, options.top_p)
+    if options.num_rounds == 0:
+      return models.Samples(draft, draft)
     prefix_len = 0 if prefix is None else prefix.shape[1]
     frozen = jnp.broadcast_to(jnp.arange(self.seq_len) < prefix_len, draft.shape)
-    sites = jnp.asarray(self.schedule.sites()[: num_rounds * self.seq_len])
+    sites = jnp.asarray(self.schedule.sites()[: options.num_rounds * self.seq_len])
     final = glauber.reverse_sweep(infill_rng, draft, sites,
                                   functools.partial(self.infill_log_probs, params), frozen,
-                                  infill_temperature)
-    return draft, final
+                                  options.infill_temperature)
+    return models.Samples(draft, final)
+
+  def likelihood_bound(self, params: Params, tokens: Array, rng: Array,
+                       inference_state: Optional[Mapping[str, Params]] = None) -> Array:
+    """One-path ELBO ``[B]`` (nats) of ``tokens [B, L]``; ``exp(-mean / L)`` bounds the PPL.
+    The forward kernels are ``inference_state["teacher"]``'s (default: the parameters)."""
+    teacher = params if inference_state is None else inference_state.get("teacher", params)
+    return self._likelihood_bound(params, teacher, tokens, rng)
 
   @functools.partial(jax.jit, static_argnames=("self",))
-  def likelihood_bound(self, params: Params, teacher_params: Params, tokens: Array,
-                       rng: Array) -> Array:
-    """One-path ELBO ``[B]`` (nats) of ``tokens [B, L]``; ``exp(-mean / L)`` bounds the PPL."""
+  def _likelihood_bound(self, params: Params, teacher_params: Params, tokens: Array,
+                        rng: Array) -> Array:
     return glauber.likelihood_bound(
         rng, tokens, jnp.asarray(self.schedule.sites()),
         functools.partial(self.teacher_log_probs, teacher_params),
@@ -455,10 +498,10 @@ class GlauberDiffusionModel(models.BaseModel):
         functools.partial(self.causal_log_prob, params))
 
   def predict_batch(self, params: Params, batch: Batch, rng: Array, **kwargs: Any) -> Array:
-    """Algorithm 2 samples ``[B, L]``; ``kwargs`` go to ``sample``."""
-    return self.sample(nn.meta.unbox(params), rng, batch["targets"].shape[0], **kwargs)[1]
+    """Algorithm 2 samples ``[B, L]``; ``kwargs`` are sampler options."""
+    return self.sample(params, rng, batch["targets"].shape[0], **kwargs).final
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
-    """The ELBO with the student as its own teacher (use ``likelihood_bound`` for a trained
+    """The ELBO with the student as its own teacher (``likelihood_bound`` takes a trained
     teacher copy)."""
-    return self.likelihood_bound(params, params, batch["targets"], jax.random.PRNGKey(0))
+    return self.likelihood_bound(params, batch["targets"], jax.random.PRNGKey(0))

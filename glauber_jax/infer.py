@@ -14,11 +14,19 @@ Modes:
 - ``bound``: the likelihood bound (``PPL <= exp(-ELBO / L)``) on the task's held-out split
   (for the causal LM, its exact perplexity).
 
+The CLI knows models only through ``models.BaseModel``'s sampling interface: ``sample`` with
+the model's own sampler options (``infer.temperature``/``top_k``/``top_p`` for every sampler,
+the rest by name in ``infer.sampler_options``, e.g. ``{'num_rounds': 1}`` for the Glauber DiT or
+``{'num_steps': 64}`` for MDLM; a name the model's sampler lacks is an error listing the valid
+ones), ``likelihood_bound`` and the checkpoint-metadata check (a Glauber checkpoint's
+permutations must match the configured ones).
+
 Samples go to a JSONL file (one line per sample: the prompt, the text, the continuation after
-the prompt, token ids, the causal draft, the number of sites the rounds changed, and the
-settings) and the first few are printed. Prompts come from ``infer.prompts`` and from
-``infer.prompts_file`` (a ``.jsonl`` file with a ``prompt`` field per line, such as the puzzle
-files of ``python -m tasks.puzzles``, or a text file with one prompt per line).
+the prompt, token ids, for a sampler with a draft (the Glauber DiT) the causal draft and the
+number of sites the rounds changed, and the settings) and the first few are printed. Prompts
+come from ``infer.prompts`` and from ``infer.prompts_file`` (a ``.jsonl`` file with a
+``prompt`` field per line, such as the puzzle files of ``python -m tasks.puzzles``, or a text
+file with one prompt per line).
 """
 
 from __future__ import annotations
@@ -29,12 +37,13 @@ if __name__ == "__main__":  # Run as glauber_jax.infer, so gin and the registrie
   from glauber_jax import infer as _entry_point
   sys.exit(_entry_point.main(sys.argv[1:]))
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -42,24 +51,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import baselines, checkpoints, data, gin_utils, glauber_model, models, summaries
+from glauber_jax import checkpoints, data, gin_utils, models, summaries
 
 MODES = ("sample", "causal", "bound")
-#: Models this CLI samples from: each has ``sample(params, rng, batch_size, prefix, num_rounds,
-#: temperature, top_k, top_p, infill_temperature) -> (draft, final)``, ``seq_len`` and
-#: ``vocabulary``. The baselines have no rounds: their draft is their sample.
-SamplingModel = (glauber_model.GlauberDiffusionModel, baselines.CausalLMModel,
-                 baselines.MDLMModel)
 
 
 def load_inference_params(model: models.BaseModel, checkpoint: str, batch_size: int
-                          ) -> tuple[Any, Any]:
-  """``(params, teacher)`` from a run, or from a UL2 / Flan-T5 source checkpoint.
+                          ) -> tuple[Any, dict[str, Any]]:
+  """``(params, inference_state)`` from a run, or from a UL2 / Flan-T5 source checkpoint.
 
-  A source checkpoint lacks the time parameters, which keep their (function-preserving) initial
-  values, and has no teacher copy: the parameters then serve as their own teacher (models
-  without a teacher get their parameters twice).
+  The checkpoint's metadata must agree with the configured model
+  (``model.check_checkpoint_metadata``: a Glauber run's permutations). A source checkpoint
+  lacks the time parameters, which keep their (function-preserving) initial values, and has no
+  model state: each of ``model.inference_state_names`` it lacks (the Glauber teacher copy) is
+  the parameters themselves.
   """
+  model.check_checkpoint_metadata(checkpoints.load_metadata(checkpoint))
   shapes = model.input_shapes(batch_size, {"targets": model.seq_len})
   abstract = jax.eval_shape(lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
   replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -71,12 +78,15 @@ def load_inference_params(model: models.BaseModel, checkpoint: str, batch_size: 
     fresh = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"])
     loaded = checkpoints.load_source_params(checkpoint, abstract, model.is_added_param)
     params = checkpoints.merge_params(fresh, loaded)
-  try:
-    teacher = checkpoints.load_params(checkpoint, abstract, key=("model_state", "teacher"))
-  except checkpoints.CheckpointError:
-    logging.info("No teacher copy in %s: the parameters are their own teacher.", checkpoint)
-    teacher = params
-  return params, teacher
+  inference_state = {}
+  for name in model.inference_state_names:
+    try:
+      inference_state[name] = checkpoints.load_params(checkpoint, abstract,
+                                                      key=("model_state", name))
+    except checkpoints.CheckpointError:
+      logging.info("No %s in %s: the parameters stand in for it.", name, checkpoint)
+      inference_state[name] = params
+  return params, inference_state
 
 
 def prompt_row_batches(prompt_ids: Sequence[Optional[list[int]]], num_samples: int, batch_size: int
@@ -119,20 +129,15 @@ def read_prompts(path: str) -> list[str]:
   return prompts
 
 
-def generate(model: Any, params: Any, *, mode: str,
-             num_samples: int, batch_size: int, prompts: Sequence[str], num_rounds: Optional[int],
-             temperature: float, top_k: int, top_p: float, infill_temperature: float,
+def generate(model: models.BaseModel, params: Any, *, mode: str, num_samples: int,
+             batch_size: int, prompts: Sequence[str], options: models.SamplerOptions,
              seed: int) -> Iterator[dict[str, Any]]:
   """Yields one JSON-ready record per sample, prompt by prompt (or unconditionally); rows of
-  several prompts share a batch when their prefixes have the same number of tokens."""
-  has_rounds = isinstance(model, glauber_model.GlauberDiffusionModel)
-  rounds = 0 if mode == "causal" and has_rounds else num_rounds
+  several prompts share a batch when their prefixes have the same number of tokens.
+  ``options`` are the model's checked sampler options (``model.sampler_options``)."""
   vocab = model.vocabulary
-  if rounds is None:
-    rounds = model.schedule.num_rounds if has_rounds else 0
-  settings = {"mode": mode, "model": type(model).__name__, "num_rounds": rounds,
-              "seq_len": model.seq_len, "temperature": temperature, "top_k": top_k,
-              "top_p": top_p, "infill_temperature": infill_temperature, "seed": seed}
+  settings = {"mode": mode, "model": type(model).__name__, "seq_len": model.seq_len,
+              **dataclasses.asdict(options), "seed": seed}
   rng = jax.random.PRNGKey(seed)
   prompts = list(prompts) or [None]
   prompt_ids = [None if prompt is None else [int(i) for i in vocab.encode(prompt)]
@@ -146,38 +151,32 @@ def generate(model: Any, params: Any, *, mode: str,
     rows, prefix_len = len(batch), len(batch[0][1] or ())
     prefix = jnp.asarray([ids for _, ids in batch], jnp.int32) if prefix_len else None
     start = time.perf_counter()
-    draft, final = model.sample(params, jax.random.fold_in(rng, batch_index), rows, prefix,
-                                rounds, temperature, top_k, top_p, infill_temperature)
-    draft, final = np.asarray(draft), np.asarray(final)
+    samples = model.sample_with(params, jax.random.fold_in(rng, batch_index), rows, prefix,
+                                options)
+    final = np.asarray(samples.final)
+    draft = None if samples.draft is None else np.asarray(samples.draft)
     logging.info("batch of %d in %.2f s", rows, time.perf_counter() - start)
     for row, (prompt_index, _) in enumerate(batch):
-      yield {
+      record = {
           "prompt": prompts[prompt_index],
           "text": decode_text(vocab, final[row].tolist()),
           "continuation": decode_text(vocab, final[row, prefix_len:].tolist()),
           "token_ids": final[row].tolist(),
-          "causal_draft": decode_text(vocab, draft[row].tolist()),
-          "causal_draft_ids": draft[row].tolist(),
-          "sites_changed": int(np.sum(draft[row] != final[row])),
-          "settings": settings,
       }
+      if draft is not None:
+        record.update({
+            "causal_draft": decode_text(vocab, draft[row].tolist()),
+            "causal_draft_ids": draft[row].tolist(),
+            "sites_changed": int(np.sum(draft[row] != final[row])),
+        })
+      yield {**record, "settings": settings}
 
 
-def sequence_bound(model: Any, params: Any, teacher: Any, tokens: jax.Array, key: jax.Array
-                   ) -> jax.Array:
-  """Per-sequence lower bound on ``log p`` (nats, ``[B]``): the Glauber ELBO, MDLM's NELBO
-  (negated), or the causal LM's exact log-likelihood."""
-  if isinstance(model, glauber_model.GlauberDiffusionModel):
-    return model.likelihood_bound(params, teacher, tokens, key)
-  if isinstance(model, baselines.MDLMModel):
-    return model.likelihood_bound(params, tokens, key)
-  return model.log_likelihood(params, tokens)
-
-
-def likelihood_bound(model: Any, params: Any, teacher: Any, *,
+def likelihood_bound(model: models.BaseModel, params: Any, inference_state: Mapping[str, Any], *,
                      task_name: str, split: str, batch_size: int, num_batches: int,
                      num_paths: int, seed: int) -> dict[str, Any]:
-  """The ELBO averaged over ``num_batches`` held-out batches and ``num_paths`` forward paths."""
+  """``model.likelihood_bound`` averaged over ``num_batches`` held-out batches and ``num_paths``
+  draws (forward paths) per sequence."""
   iterator = data.get_batch_iterator(task_name, split, {"targets": model.seq_len}, batch_size,
                                      seed=seed, shuffle=False, repeat=False)
   totals, count = 0.0, 0
@@ -187,7 +186,7 @@ def likelihood_bound(model: Any, params: Any, teacher: Any, *,
     tokens = jnp.asarray(batch["targets"])
     for path in range(num_paths):
       key = jax.random.fold_in(jax.random.PRNGKey(seed), batch_index * num_paths + path)
-      totals += float(jnp.sum(sequence_bound(model, params, teacher, tokens, key)))
+      totals += float(jnp.sum(model.likelihood_bound(params, tokens, key, inference_state)))
       count += tokens.shape[0]
     logging.info("bound: %d sequences, running PPL <= %.3f", count // num_paths,
                  math.exp(-totals / count / model.seq_len))
@@ -205,9 +204,9 @@ def infer(*, model: models.BaseModel = gin.REQUIRED,
           checkpoint: str = gin.REQUIRED, mode: str = "sample",
           output_file: Optional[str] = None, num_samples: int = 8, batch_size: int = 8,
           prompts: Sequence[str] = (), prompts_file: Optional[str] = None,
-          num_rounds: Optional[int] = None,
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-          infill_temperature: float = 1.0, seed: int = 0, print_samples: int = 3,
+          sampler_options: Optional[Mapping[str, Any]] = None, seed: int = 0,
+          print_samples: int = 3,
           mixture_or_task_name: Optional[str] = None, eval_split: str = "validation",
           num_eval_batches: int = 4, num_paths: int = 1) -> list[dict[str, Any]]:
   """Samples or bounds likelihoods from ``checkpoint``; all arguments come from gin.
@@ -221,41 +220,45 @@ def infer(*, model: models.BaseModel = gin.REQUIRED,
     batch_size: rows per compiled call.
     prompts: texts whose tokens are frozen as the prefix; empty: unconditional.
     prompts_file: more prompts, read by ``read_prompts`` (e.g. puzzles to solve).
-    num_rounds: reverse rounds (default: the trained ``N``).
-    temperature, top_k, top_p: the causal phase's sampling.
-    infill_temperature: temperature of the MASK-INFILL draws.
+    temperature, top_k, top_p: every sampler's draws (the Glauber DiT: its causal phase).
+    sampler_options: the model's other sampler options by name (``models.SamplerOptions``
+      subclasses): ``num_rounds`` (default: the trained ``N``) and ``infill_temperature`` for
+      the Glauber DiT, ``num_steps`` for MDLM.
     seed: PRNG seed.
     print_samples: how many samples to print to stdout.
     mixture_or_task_name, eval_split, num_eval_batches, num_paths: the ``bound`` mode's data.
   """
   if mode not in MODES:
     raise ValueError(f"infer.mode={mode!r}; expected one of {MODES}.")
-  if not isinstance(model, SamplingModel):
-    raise ValueError(f"infer samples from {[m.__name__ for m in SamplingModel]}; the gin files "
-                     f"give {type(model).__name__} (use a *_glauber.gin, ar or mdlm file).")
+  options = model.sampler_options({"temperature": temperature, "top_k": top_k, "top_p": top_p,
+                                   **(sampler_options or {})})
+  if mode == "causal":
+    options = model.draft_options(options)
   if prompts_file:
     prompts = [*prompts, *read_prompts(prompts_file)]
-  params, teacher = load_inference_params(model, checkpoint, batch_size)
+  params, inference_state = load_inference_params(model, checkpoint, batch_size)
   output_file = output_file or os.path.join(checkpoint, f"infer_{mode}.jsonl")
   if mode == "bound":
     if not mixture_or_task_name:
       raise ValueError("bound mode needs infer.mixture_or_task_name (a task with 'targets').")
-    records = [likelihood_bound(model, params, teacher, task_name=mixture_or_task_name,
+    records = [likelihood_bound(model, params, inference_state, task_name=mixture_or_task_name,
                                 split=eval_split, batch_size=batch_size,
                                 num_batches=num_eval_batches, num_paths=num_paths, seed=seed)]
     print(json.dumps(records[0], indent=1))
   else:
     records = []
     for record in generate(model, params, mode=mode, num_samples=num_samples,
-                           batch_size=batch_size, prompts=prompts, num_rounds=num_rounds,
-                           temperature=temperature, top_k=top_k, top_p=top_p,
-                           infill_temperature=infill_temperature, seed=seed):
+                           batch_size=batch_size, prompts=prompts, options=options, seed=seed):
       records.append(record)
       if len(records) <= print_samples:
-        shown = (f"draft: {record['causal_draft']}\nfinal: {record['text']}"
-                 if record["sites_changed"] else record["text"])
-        print(f"--- sample {len(records)} ({record['sites_changed']} sites changed by the "
-              f"rounds)\n{shown}\n", flush=True)
+        changed = record.get("sites_changed")
+        if changed is None:
+          print(f"--- sample {len(records)}\n{record['text']}\n", flush=True)
+        else:
+          shown = (f"draft: {record['causal_draft']}\nfinal: {record['text']}" if changed
+                   else record["text"])
+          print(f"--- sample {len(records)} ({changed} sites changed by the rounds)\n"
+                f"{shown}\n", flush=True)
   summaries.write_jsonl(output_file, records)
   return records
 

@@ -1,7 +1,11 @@
-"""The model interface the trainer drives, and the UL2 encoder-decoder model.
+"""The model interface the trainer and the CLIs drive, and the UL2 encoder-decoder model.
 
 As in T5X, the trainer only knows ``BaseModel``: initial variables, a loss, batch prediction and
 batch scoring. A diffusion model is one more subclass that overrides the loss and prediction.
+The inference CLI only knows the sampling half of the same interface: ``sample`` with the
+model's own ``SamplerOptions`` (checked by ``sampler_options``), ``likelihood_bound``, the
+checkpointed state inference needs (``inference_state_names``) and the check of a checkpoint's
+metadata against the configured model (``check_checkpoint_metadata``).
 
 Losses are returned as *sums* together with the number of weighted target tokens
 (``metrics["weight_sum"]``), so that gradient accumulation over microbatches and data-parallel
@@ -11,7 +15,9 @@ reduction give exactly the per-token mean of the whole batch.
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping, Optional
+import dataclasses
+import functools
+from typing import Any, Mapping, NamedTuple, Optional
 
 import flax.linen as nn
 import gin
@@ -23,6 +29,40 @@ from glauber_jax import decoding, network, throughput, vocabularies
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Any
+
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+  """Settings of a model's sampler (hashable: one compiled program per distinct value).
+
+  Each sampling model subclasses this with its own settings; ``BaseModel.sampler_options``
+  builds it from a mapping (for example ``infer.sampler_options`` in gin) and rejects names the
+  model's sampler does not have.
+
+  Attributes:
+    temperature: temperature of the sampler's draws (0: greedy).
+    top_k: keep the ``k`` most likely tokens (0: all).
+    top_p: nucleus mass kept (1.0: all).
+  """
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+
+class Samples(NamedTuple):
+  """What ``BaseModel.sample`` returns.
+
+  Attributes:
+    draft: ``[B, L]`` a first draft the sampler then refined (the Glauber model's CAUSAL-GEN
+      draft before its rounds); None for samplers without one.
+    final: ``[B, L]`` the samples.
+  """
+
+  draft: Optional[Array]
+  final: Array
+
 
 ENCODER_DECODER_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
                             "decoder_target_tokens", "decoder_loss_weights")
@@ -92,6 +132,11 @@ class BaseModel(abc.ABC):
     """JSON-serialisable facts saved with every checkpoint (e.g. a sampler's permutations)."""
     return {}
 
+  def check_checkpoint_metadata(self, saved: Mapping[str, Any]) -> None:
+    """Raises ValueError if a checkpoint's saved ``checkpoint_metadata`` contradicts this
+    configured model (called on resume and before inference). Nothing to check by default."""
+    del saved
+
   def input_shapes(self, batch_size: int, feature_lengths: Mapping[str, int]
                    ) -> dict[str, tuple[int, ...]]:
     """Global shapes of the batches the data pipeline feeds this model."""
@@ -132,6 +177,60 @@ class BaseModel(abc.ABC):
     """
     del params, step, rng
     return batch, model_state
+
+  # ---- Sampling and likelihood bounds (the inference CLI's interface) ------------------------
+
+  #: The sampler's settings; None: this model does not sample.
+  sampler_options_type: Optional[type[SamplerOptions]] = None
+  #: ``model_state`` entries inference needs besides the parameters (each falls back to the
+  #: parameters when a checkpoint lacks it, as a source checkpoint does).
+  inference_state_names: tuple[str, ...] = ()
+
+  def sampler_options(self, options: Mapping[str, Any]) -> SamplerOptions:
+    """``sampler_options_type(**options)``; ValueError names the valid options when ``options``
+    holds one this model's sampler does not have. Models override it to resolve defaults that
+    depend on the configuration (e.g. the trained number of rounds) and to check ranges."""
+    if self.sampler_options_type is None:
+      raise ValueError(f"{type(self).__name__} has no sampler; sample from a diffusion model "
+                       "or a baseline (a *_glauber.gin, ar or mdlm gin file).")
+    valid = [field.name for field in dataclasses.fields(self.sampler_options_type)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+      raise ValueError(f"{type(self).__name__}'s sampler has no option {unknown}; its options "
+                       f"are {valid}.")
+    return self.sampler_options_type(**options)
+
+  def draft_options(self, options: SamplerOptions) -> SamplerOptions:
+    """``options`` for the model's first draft alone (``infer --mode=causal``); the same options
+    for samplers without a refinement stage."""
+    return options
+
+  def sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array] = None,
+             **options: Any) -> Samples:
+    """``batch_size`` samples, the first ``P`` tokens equal to ``prefix [B, P]`` and never
+    resampled, in one compiled program per shape and options; ``options`` are the model's
+    ``SamplerOptions`` by name."""
+    return self.sample_with(params, rng, batch_size, prefix, self.sampler_options(options))
+
+  @functools.partial(jax.jit, static_argnames=("self", "batch_size", "options"))
+  def sample_with(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
+                  options: SamplerOptions) -> Samples:
+    """``sample`` with checked options (``sampler_options``' result)."""
+    return self._sample(nn.meta.unbox(params), rng, batch_size, prefix, options)
+
+  def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
+              options: SamplerOptions) -> Samples:
+    """The sampler, traced under ``sample_with``'s jit; models with a sampler override it."""
+    del params, rng, batch_size, prefix, options
+    raise ValueError(f"{type(self).__name__} has no sampler.")
+
+  def likelihood_bound(self, params: Params, tokens: Array, rng: Array,
+                       inference_state: Optional[Mapping[str, Params]] = None) -> Array:
+    """A lower bound ``[B]`` (nats) on ``log p(tokens [B, L])``, exact for a causal LM, one
+    Monte-Carlo draw for a diffusion bound (average over ``rng`` for a tighter estimate);
+    ``inference_state`` holds the ``inference_state_names`` entries."""
+    del params, tokens, rng, inference_state
+    raise ValueError(f"{type(self).__name__} has no likelihood bound.")
 
 
 @gin.configurable

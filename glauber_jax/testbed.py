@@ -664,7 +664,7 @@ class Testbed:
     def entry() -> dict[str, float]:
       from tasks import registry  # pylint: disable=import-outside-toplevel
       model = configured_model()
-      _, teacher = infer.load_inference_params(model, checkpoint, num_sequences)
+      teacher = infer.load_inference_params(model, checkpoint, num_sequences)[1]["teacher"]
       language = registry.synthetic_language(setup.name)
       rng = np.random.default_rng((0, 17))
       letters = language.sample(rng, num_sequences, setup.seq_len)
@@ -704,7 +704,8 @@ class Testbed:
     def entry() -> tuple[Any, Any, np.ndarray]:
       from tasks import registry  # pylint: disable=import-outside-toplevel
       model = configured_model()
-      _, teacher = infer.load_inference_params(model, source_dir, budget.sample_batch_size)
+      teacher = infer.load_inference_params(model, source_dir,
+                                            budget.sample_batch_size)[1]["teacher"]
       return model, teacher, registry.synthetic_language(setup.name)
 
     model, teacher, language = self.run(files, bindings, entry)

@@ -76,7 +76,8 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
   abstract_state, _ = trainer.state_shardings(input_shapes)
   restored_step = checkpointer.latest_step() if restore_step is None else restore_step
   if restored_step is not None:
-    state, data_state, _ = checkpointer.restore(abstract_state, restored_step)
+    state, data_state, saved_metadata = checkpointer.restore(abstract_state, restored_step)
+    trainer.model.check_checkpoint_metadata(saved_metadata)
     iterator.set_state(data_state)
     logging.info("Restored step %d from %s", restored_step, checkpointer.directory)
   else:

@@ -104,8 +104,8 @@ def test_causal_lm_sampling_and_scoring() -> None:
   full = np.asarray(model.logits(params, jnp.asarray(greedy)))
   full = np.where(model.allowed_tokens, full, -np.inf)
   np.testing.assert_array_equal(greedy[:, 2:], np.argmax(full, axis=-1)[:, 2:])
-  draws, again = model.sample(params, jax.random.PRNGKey(5), 3, prefix)
-  np.testing.assert_array_equal(draws, again)
+  no_draft, draws = model.sample(params, jax.random.PRNGKey(5), 3, prefix)
+  assert no_draft is None
   np.testing.assert_array_equal(draws, model.generate(params, jax.random.PRNGKey(5), 3, prefix))
   assert not VOCAB.special_token_mask()[np.asarray(draws)].any()
   assert (np.asarray(model.generate(params, jax.random.PRNGKey(6), 3, prefix)) != draws).any()
@@ -233,8 +233,9 @@ def test_mdlm_model_sampling_scoring_and_loss() -> None:
   assert model.mask_id == VOCAB.sentinel_id(0)
   params = model_params(model)
   prefix = jnp.broadcast_to(jnp.asarray(VOCAB.encode("To")), (3, 2))
-  draws, again = model.sample(params, jax.random.PRNGKey(0), 3, prefix)
-  np.testing.assert_array_equal(draws, again)
+  draws = model.sample(params, jax.random.PRNGKey(0), 3, prefix).final
+  np.testing.assert_array_equal(draws, model.sample(params, jax.random.PRNGKey(0), 3, prefix,
+                                                    num_steps=6).final)  # The default N.
   np.testing.assert_array_equal(np.asarray(draws[:, :2]), np.asarray(prefix))
   assert draws.shape == (3, SEQ_LEN)
   assert not VOCAB.special_token_mask()[np.asarray(draws)].any()
@@ -243,8 +244,9 @@ def test_mdlm_model_sampling_scoring_and_loss() -> None:
   tokens = {"targets": jnp.asarray(text_tokens(4))}
   bound = np.asarray(model.score_batch(params, tokens))  # One draw: 0 when nothing is masked.
   assert bound.shape == (4,) and np.isfinite(bound).all() and (bound <= 0).all()
-  averaged = np.asarray(model.likelihood_bound(params, tokens["targets"], jax.random.PRNGKey(0),
-                                               8))
+  np.testing.assert_array_equal(
+      bound, model.likelihood_bound(params, tokens["targets"], jax.random.PRNGKey(0)))
+  averaged = np.asarray(model.elbo(params, tokens["targets"], jax.random.PRNGKey(0), 8))
   assert np.isfinite(averaged).all() and (averaged < 0).all()
   loss, sums = model.loss_fn(params, tokens, jax.random.PRNGKey(2))
   assert float(sums["weight_sum"]) == 4 * SEQ_LEN
@@ -262,8 +264,10 @@ def test_bad_configs_are_named() -> None:
     baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN + 1)
   with pytest.raises(ValueError, match="TASK_FEATURE_LENGTHS"):
     baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN).input_shapes(2, {"targets": 4})
-  with pytest.raises(ValueError, match="Glauber"):
+  with pytest.raises(ValueError, match=r"no option \['num_rounds'\].*temperature"):
     model = baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN)
     model.sample(model_params(model), jax.random.PRNGKey(0), 2, num_rounds=1)
+  with pytest.raises(ValueError, match="num_steps must be >= 1"):
+    baselines.MDLMModel(BIDIRECTIONAL, VOCAB, SEQ_LEN).sampler_options({"num_steps": 0})
   with pytest.raises(ValueError, match="num_layers"):
     single_stack.SingleStackConfig(num_layers=0)

@@ -104,6 +104,19 @@ def test_quickstart_pipeline_trains_converts_and_samples(tmp_path: pathlib.Path)
   assert bound.returncode == 0, bound.stderr[-3000:]
   record = json.loads(open(glauber_dir / "infer_bound.jsonl", encoding="utf-8").read())
   assert record["sequences"] == 2 and 1.0 < record["perplexity_upper_bound"] < float("inf")
+  # The checkpoint's permutations are checked against the configuration, on inference and on
+  # resume; sampler options the model lacks are named.
+  reordered = "--gin.GlauberDiffusionModel.permutation_seed=7"
+  mismatch = run(cli("glauber_jax.infer", "--gin_file=gin/ul2_tiny_glauber.gin",
+                     f"--checkpoint={glauber_dir}", reordered))
+  assert mismatch.returncode != 0 and "permutation_seed" in mismatch.stderr
+  resumed = run(cli("glauber_jax.train", "--gin_file=gin/ul2_tiny_glauber.gin",
+                    f"--gin.MODEL_DIR='{glauber_dir}'", "--gin.TRAIN_STEPS=6", "--gin.BATCH_SIZE=4",
+                    "--gin.train.show_progress=False", reordered))
+  assert resumed.returncode != 0 and "permutation_seed" in resumed.stderr
+  unknown = run(cli("glauber_jax.infer", "--gin_file=gin/ul2_tiny_glauber.gin",
+                    f"--checkpoint={glauber_dir}", "--gin.infer.sampler_options={'num_steps': 3}"))
+  assert unknown.returncode != 0 and "num_rounds" in unknown.stderr
 
 
 def test_bad_checkpoints_and_configs_are_named(tmp_path: pathlib.Path) -> None:
@@ -135,12 +148,16 @@ def test_baselines_train_sample_and_bound_through_the_same_clis(tmp_path: pathli
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
     prompted = ([f"--gin.infer.prompts_file='{tmp_path / 'prompts.txt'}'"]
                 if config == "mdlm_tiny" else [])
+    steps = ["--gin.infer.sampler_options={'num_steps': 4}"] if prompted else []
     sampled = run(cli("glauber_jax.infer", *shrink, f"--checkpoint={model_dir}",
-                      "--gin.infer.num_samples=2", "--gin.infer.batch_size=3", *prompted))
+                      "--gin.infer.num_samples=2", "--gin.infer.batch_size=3", *prompted, *steps))
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     records = [json.loads(line) for line in open(model_dir / "infer_sample.jsonl",
                                                  encoding="utf-8")]
     assert len(records) == (6 if prompted else 2) and len(records[0]["token_ids"]) == 64
+    assert "causal_draft" not in records[0]  # No draft: the sample is the baseline's only one.
+    if prompted:
+      assert records[0]["settings"]["num_steps"] == 4
     if prompted:
       assert [record["prompt"] for record in records] == [p for p in prompts for _ in range(2)]
       assert all(record["text"].startswith(record["prompt"]) for record in records)

@@ -155,13 +155,34 @@ def test_sampler_compiled_prefix_frozen_and_deterministic() -> None:
   assert model.allowed_tokens[np.asarray(draft)].all()
   assert (~model.allowed_tokens).sum() == VOCAB.special_token_mask().sum() - 1  # EOS allowed.
   assert (np.asarray(draft) != np.asarray(final)).any()  # A random network edits the draft.
-  compiled = model.sample._cache_size()  # pylint: disable=protected-access
+  compiled = model.sample_with._cache_size()  # pylint: disable=protected-access
   model.sample(params, jax.random.PRNGKey(7), 3, prefix + 1)  # New batch: no recompilation.
-  assert model.sample._cache_size() == compiled  # pylint: disable=protected-access
+  assert model.sample_with._cache_size() == compiled  # pylint: disable=protected-access
   causal_draft, causal_final = model.sample(params, jax.random.PRNGKey(0), 3, prefix,
                                             num_rounds=0)
   np.testing.assert_array_equal(causal_draft, causal_final)
   np.testing.assert_array_equal(causal_draft, draft)  # Same causal key: same draft.
+  options = model.sampler_options({})
+  assert options.num_rounds == model.schedule.num_rounds  # The default resolved: trained N.
+  assert model.draft_options(options).num_rounds == 0
+
+
+def test_sampler_options_are_checked() -> None:
+  model = make_model()
+  with pytest.raises(ValueError, match=r"no option \['num_steps'\].*num_rounds"):
+    model.sampler_options({"num_steps": 4})
+  with pytest.raises(ValueError, match="num_rounds must be in"):
+    model.sampler_options({"num_rounds": model.schedule.num_rounds + 1})
+
+
+def test_checkpoint_permutations_must_match_the_configuration() -> None:
+  model = make_model()
+  model.check_checkpoint_metadata(model.checkpoint_metadata())  # Its own: accepted.
+  model.check_checkpoint_metadata({"model": "EncoderDecoderModel"})  # A UL2: nothing to check.
+  with pytest.raises(ValueError, match="permutation_seed"):
+    model.check_checkpoint_metadata(make_model(permutation_seed=5).checkpoint_metadata())
+  with pytest.raises(ValueError, match="NUM_ROUNDS"):
+    model.check_checkpoint_metadata(make_model(num_rounds=1).checkpoint_metadata())
 
 
 def test_likelihood_bound_is_finite_and_below_zero() -> None:
@@ -169,9 +190,13 @@ def test_likelihood_bound_is_finite_and_below_zero() -> None:
   params = init_params(model)
   tokens = text_batch(4)
   tokens[:, 3] = VOCAB.eos_id  # Packed documents: EOS inside a sequence keeps the bound finite.
-  bound = model.likelihood_bound(params, params, jnp.asarray(tokens), jax.random.PRNGKey(0))
+  bound = model.likelihood_bound(params, jnp.asarray(tokens), jax.random.PRNGKey(0),
+                                 {"teacher": params})
   assert bound.shape == (4,)
   assert np.isfinite(np.asarray(bound)).all() and (np.asarray(bound) < 0).all()
+  # Without an inference state the parameters are their own teacher.
+  np.testing.assert_array_equal(bound, model.likelihood_bound(params, jnp.asarray(tokens),
+                                                              jax.random.PRNGKey(0)))
 
 
 def test_bad_configs_are_named() -> None:
