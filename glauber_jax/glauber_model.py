@@ -33,7 +33,6 @@ import functools
 import logging
 from typing import Any, Mapping, Optional
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp

@@ -61,7 +61,6 @@ import datetime
 import hashlib
 import itertools
 import json
-import logging
 import math
 import os
 import shlex
