@@ -12,9 +12,8 @@ Both are ``models.BaseModel`` subclasses on ``single_stack.SingleStack``, traine
   sampler, as pure array functions over any ``logits_fn``), whose absorbing state ``m`` is the
   vocabulary's ``sentinel_id(0)`` (``denoisers.SpecialIds.mask``).
 
-Every draw goes through ``sampling.sample_categorical``; samples of
-both models hold only text ids (no pad, EOS, sentinels or mode tokens), like the Glauber
-sampler's.
+Every draw goes through ``sampling.sample_categorical``; samples of both models hold only text
+ids (no pad, EOS, sentinels or mode tokens), like the Glauber sampler's.
 """
 
 from __future__ import annotations
