@@ -86,6 +86,10 @@ class _SingleStackModel(models.BaseModel):
             else None)
     return self.module.init(rng, tokens, time)
 
+  def predict_batch(self, params: Params, batch: Batch, rng: Array, **kwargs: Any) -> Array:
+    """Samples ``[B, L]``; ``kwargs`` are sampler options (``sample``)."""
+    return self.sample(params, rng, batch["targets"].shape[0], **kwargs).final
+
   def num_flops_per_example(self, input_lengths: Mapping[str, int]) -> float:
     """Matmuls of one stack of ``L`` tokens plus full ``L x L`` attention (PaLM's count)."""
     length = input_lengths["targets"]
@@ -202,10 +206,6 @@ class CausalLMModel(_SingleStackModel):
     """``generate`` with the options' temperature, top-k and top-p; no draft."""
     return models.Samples(None, self.generate(params, rng, batch_size, prefix,
                                               options.temperature, options.top_k, options.top_p))
-
-  def predict_batch(self, params: Params, batch: Batch, rng: Array, **kwargs: Any) -> Array:
-    """Samples ``[B, L]`` (``kwargs`` go to ``generate``)."""
-    return self.generate(params, rng, batch["targets"].shape[0], **kwargs)
 
 
 # ---- Masked diffusion --------------------------------------------------------------------------
@@ -339,10 +339,6 @@ class MDLMModel(_SingleStackModel):
     """``generate`` with the options' steps, temperature, top-k and top-p; no draft."""
     return models.Samples(None, self.generate(params, rng, batch_size, prefix, options.num_steps,
                                               options.temperature, options.top_k, options.top_p))
-
-  def predict_batch(self, params: Params, batch: Batch, rng: Array, **kwargs: Any) -> Array:
-    """Samples ``[B, L]`` (``kwargs`` go to ``generate``)."""
-    return self.generate(params, rng, batch["targets"].shape[0], **kwargs)
 
   def checkpoint_metadata(self) -> dict[str, Any]:
     return {"mask_id": self.mask_id, "num_steps": self.num_steps}
