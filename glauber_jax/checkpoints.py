@@ -137,18 +137,14 @@ def load_params(path: str, abstract_params: Any, key: Sequence[str] = ("params",
     return restored
 
   try:
-    for root in (path / "checkpoints", path):
-      if not root.is_dir():
-        continue
-      manager = ocp.CheckpointManager(root,
-                                      options=ocp.CheckpointManagerOptions(read_only=True))
-      step = manager.latest_step()
-      if step is not None:
-        restored = manager.restore(step, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.PyTreeRestore(
-                item=target, restore_args=_restore_args(target), partial_restore=True)}))
-        logging.info("Loaded %s from %s step %d", "/".join(key), root, step)
-        return subtree(restored[STATE_ITEM])
+    latest = _latest_checkpoint(path)
+    if latest is not None:
+      root, manager, step = latest
+      restored = manager.restore(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.PyTreeRestore(
+              item=target, restore_args=_restore_args(target), partial_restore=True)}))
+      logging.info("Loaded %s from %s step %d", "/".join(key), root, step)
+      return subtree(restored[STATE_ITEM])
     item_dir = path / STATE_ITEM
     item_dir = item_dir if item_dir.is_dir() else path
     restored = ocp.PyTreeCheckpointer().restore(
@@ -165,22 +161,31 @@ def load_metadata(path: str) -> dict[str, Any]:
   """The ``metadata`` item of the latest step of a run's checkpoints (``path``: the model
   directory or its ``checkpoints`` directory); ``{}`` for a directory that holds no training
   checkpoint (an ``hf_import`` conversion)."""
-  path = paths.resolve(path)
+  latest = _latest_checkpoint(paths.resolve(path))
+  if latest is None:
+    return {}
+  root, manager, step = latest
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        METADATA_ITEM: ocp.args.JsonRestore()}))
+  except Exception as error:  # Orbax raises many types; name the checkpoint.
+    raise CheckpointError(f"could not read the metadata of step {step} in {root}: "
+                          f"{error}") from error
+  return dict(restored[METADATA_ITEM] or {})
+
+
+def _latest_checkpoint(path: Any) -> Optional[tuple[Any, ocp.CheckpointManager, int]]:
+  """``(root, read-only manager, latest step)`` of the training checkpoints under a run's
+  model directory ``path`` (or ``path`` itself as the ``checkpoints`` directory); None when
+  neither holds a step."""
   for root in (path / "checkpoints", path):
     if not root.is_dir():
       continue
     manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True))
     step = manager.latest_step()
-    if step is None:
-      continue
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(**{
-          METADATA_ITEM: ocp.args.JsonRestore()}))
-    except Exception as error:  # Orbax raises many types; name the checkpoint.
-      raise CheckpointError(f"could not read the metadata of step {step} in {root}: "
-                            f"{error}") from error
-    return dict(restored[METADATA_ITEM] or {})
-  return {}
+    if step is not None:
+      return root, manager, step
+  return None
 
 
 def load_source_params(path: str, abstract_params: Any,
