@@ -24,7 +24,8 @@ import flax.linen as nn
 import gin
 import jax
 
-from glauber_jax import gin_utils, glauber_model, models, throughput
+from glauber_jax import gin_utils, models, throughput
+from glauber_jax.processes import glauber_process
 import glauber_jax.train  # noqa: F401  Registers the configurables the gin files name.
 import tasks  # noqa: F401  Registers the tasks whose vocabularies the gin files name.
 
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> None:
   args = parser.parse_args(rest)
   gin_utils.parse_gin(gin_files, ["MODEL_DIR='/tmp/glauber_bench'"] + bindings)
   model = gin.query_parameter("train.model").scoped_configurable_fn()
-  if not isinstance(model, glauber_model.GlauberDiffusionModel):
+  if not isinstance(getattr(model, "process", None), glauber_process.GlauberProcess):
     raise SystemExit("this benchmark needs a *_glauber.gin configuration.")
   shapes = model.input_shapes(args.batch_size, {"targets": model.seq_len})
   params = jax.jit(lambda: nn.meta.unbox(
@@ -57,10 +58,10 @@ def main(argv: list[str]) -> None:
   rng = jax.random.PRNGKey(1)
   _, causal_seconds = timed(
       lambda: model.sample(params, rng, args.batch_size, num_rounds=0), args.repeats)
-  config = model.network_config
+  config = model.denoiser.network_config
   infill_flops = throughput.encoder_decoder_training_flops(config, model.seq_len + 2, 2) / 3
   peak = throughput.peak_flops_per_device()
-  for num_rounds in args.num_rounds or [model.schedule.num_rounds]:
+  for num_rounds in args.num_rounds or [model.process.schedule.num_rounds]:
     compile_seconds, batch_seconds = timed(
         lambda: model.sample(params, rng, args.batch_size, num_rounds=num_rounds), args.repeats)
     steps = num_rounds * model.seq_len

@@ -7,7 +7,7 @@ L = 64, batch 32, AdamW, warmup 50 + cosine, clipping at 1) with one of these lo
 prints, every 100 steps, the masked cross entropy on 128 held-out sequences with 15% of the
 tokens masked (the unigram entropy of the corpus is about 6.4 nats):
 
-- ``nelbo``: MDLM's loss (``MDLMModel.loss_fn``: ``t ~ U(1e-3, 1]``, weight ``1/t``);
+- ``nelbo``: MDLM's loss (``AbsorbingProcess.loss``: ``t ~ U(1e-3, 1]``, weight ``1/t``);
 - ``masked_ce``: plain cross entropy on masked tokens at a fixed ``t = 0.15`` (BERT-like);
 - ``duplicated``: ``masked_ce`` on text whose every token is repeated (``a a b b ...``), where a
   masked token can be copied from a neighbour whenever that one is visible;
@@ -32,19 +32,20 @@ import jax.numpy as jnp
 import optax
 
 import tasks  # noqa: F401  Registers shakespeare_lm.
-from glauber_jax import baselines, data, single_stack
-from glauber_jax.processes import absorbing
+from glauber_jax import baselines, data, denoiser_networks, models, single_stack
+from glauber_jax.processes import absorbing, absorbing_process
 
 VARIANTS = ("nelbo", "masked_ce", "duplicated", "causal_attention", "causal_lm")
 SEQ_LEN, BATCH, EVAL_MASK_RATE = 64, 32, 0.15
 
 
-def masked_cross_entropy(model: baselines.MDLMModel, params: dict, tokens: jax.Array,
+def masked_cross_entropy(model: models.DiffusionModel, params: dict, tokens: jax.Array,
                          rng: jax.Array) -> jax.Array:
   """Mean cross entropy of the masked tokens, ``EVAL_MASK_RATE`` of them masked."""
   times = jnp.full((tokens.shape[0],), EVAL_MASK_RATE)
-  noisy, masked = absorbing.forward_mask(rng, tokens, times, model.mask_id)
-  log_probs = absorbing.subs_log_probs(model.logits(params, noisy, times), model.mask_id)
+  mask_id = model.denoiser.special_ids.mask
+  noisy, masked = absorbing.forward_mask(rng, tokens, times[:, None], mask_id)
+  log_probs = absorbing.subs_log_probs(model.denoiser.logits(params, noisy, times), mask_id)
   token_log_probs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
   return -jnp.sum(jnp.where(masked, token_log_probs, 0.0)) / jnp.sum(masked)
 
@@ -63,9 +64,10 @@ def main(argv: Sequence[str]) -> None:
   if args.variant == "causal_lm":
     model = baselines.CausalLMModel(config, vocab, SEQ_LEN)
   else:
-    model = baselines.MDLMModel(config, vocab, SEQ_LEN)
+    model = models.DiffusionModel(denoiser_networks.SingleStackDenoiser(config, vocab),
+                                  absorbing_process.AbsorbingProcess(SEQ_LEN))
     if args.variant == "causal_attention":  # The same loss, left context only.
-      model.module = single_stack.SingleStack(dataclasses.replace(config, causal=True))
+      model.denoiser.module = single_stack.SingleStack(dataclasses.replace(config, causal=True))
   duplicate = args.variant == "duplicated"
 
   def prepare(tokens) -> jax.Array:
@@ -83,7 +85,9 @@ def main(argv: Sequence[str]) -> None:
 
   def loss_fn(params: dict, tokens: jax.Array, rng: jax.Array) -> jax.Array:
     if args.variant in ("nelbo", "causal_lm"):
-      loss, sums = model.loss_fn(params, {"targets": tokens}, rng)
+      batch, _ = model.prepare_batch(params, None, {"targets": tokens}, jnp.zeros((), jnp.int32),
+                                     rng)
+      loss, sums = model.loss_fn(params, batch, rng)
       return loss / sums["weight_sum"]
     return masked_cross_entropy(model, params, tokens, rng)
 

@@ -63,7 +63,7 @@ train ar "$BASELINE_STEPS" --gin_file=gin/ar_tiny.gin "${LM[@]}"
 solve glauber causal answers_glauber_causal.jsonl "${GLAUBER[@]}"
 solve glauber sample answers_glauber.jsonl "${GLAUBER[@]}"
 solve mdlm sample answers_mdlm.jsonl --gin_file=gin/mdlm_tiny.gin "${LM[@]}" \
-  --gin.baselines.MDLMModel.num_steps=81
+  --gin.absorbing_process.AbsorbingProcess.num_steps=81
 solve ar sample answers_ar.jsonl --gin_file=gin/ar_tiny.gin "${LM[@]}"
 solve ar sample answers_ar_greedy.jsonl --gin_file=gin/ar_tiny.gin "${LM[@]}" \
   --gin.infer.temperature=0.0

@@ -1,32 +1,38 @@
-"""Compiled autoregressive decoding of the encoder-decoder with a KV cache.
+"""Compiled autoregressive decoding with a KV cache.
 
-``decode`` is one jitted program: encode once, one prefill call of the decoder that feeds the
-start token and fills the cross-attention cache, then a ``lax.fori_loop`` with a static trip
-count (no data-dependent ``while_loop``, which on GPU copies its predicate to the host every
-step). Each step picks the token at one position, forced from the decoder prefix or sampled, and
-feeds it back through the cache. Rows that emit EOS are not stopped but masked: every later
-position holds the pad id 0. The loop state is built inside the program, so XLA updates the KV
-cache in place; there is nothing to donate at the jit boundary.
+``sample_with_cache`` is the one sampling loop over a cached ``tokens_to_logits`` step (as in
+T5X's decoding), shared by the encoder-decoder (``decode``) and the causal LM
+(``baselines.CausalLMModel.generate``): after the start token, a ``lax.fori_loop`` with a static
+trip count (no data-dependent ``while_loop``, which on GPU copies its predicate to the host every
+step). Each step picks the token at one position, forced from the prefix or sampled, and feeds it
+back through the cache. ``decode`` is one jitted program: encode once, one prefill call of the
+decoder that feeds the start token and fills the cross-attention cache, then that loop. Rows
+that emit EOS are not stopped but masked: every later position holds the pad id 0. The loop
+state is built inside the program, so XLA updates the KV cache in place; there is nothing to
+donate at the jit boundary.
 
-Token conventions (T5): 0 is the pad id and also the decoder start token.
+Token conventions (T5): ``vocabularies.PAD_ID`` (0) is the pad id and also the decoder start
+token.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from glauber_jax import network, sampling
+from glauber_jax import network, sampling, vocabularies
 
 Array = jax.Array
 Params = Any
 
-PAD_ID = 0
+#: ``(cache, tokens [B]) -> (next-token logits [B, V], cache)``: one step of a network with a
+#: KV cache, feeding the token at the cache position.
+TokensToLogits = Callable[[Any, Array], tuple[Array, Any]]
 
 
 @flax.struct.dataclass
@@ -35,7 +41,7 @@ class DecodeState:
 
   Attributes:
     position: index of the next output token to choose (scalar int32).
-    tokens: ``[B, L]`` output buffer; holds the decoder prefix before the loop writes samples.
+    tokens: ``[B, L]`` output buffer; holds the forced prefix before the loop writes samples.
     logits: ``[B, V]`` float32 logits for the token at ``position``.
     cache: the network's ``cache`` collection.
     done: ``[B]`` True once a row has sampled EOS.
@@ -48,49 +54,66 @@ class DecodeState:
   done: Array
 
 
-@flax.struct.dataclass
-class DecodeInputs:
-  """Loop-invariant arrays of one decode call."""
-
-  params: Params
-  encoded: Array
-  encoder_input_tokens: Array
-  time: Optional[Array]
-  prefix_lengths: Array
-  rng: Array
-  allowed_tokens: Optional[Array]
-
-
-def _decoder_step(module: network.Transformer, inputs: DecodeInputs, cache: Any, tokens: Array,
-                  prefill: bool) -> tuple[Array, Any]:
-  """Feeds ``tokens [B]`` at the cache position; returns next-token logits ``[B, V]`` and cache."""
-  variables = {"params": inputs.params} if prefill else {"params": inputs.params, "cache": cache}
-  logits, updated = module.apply(
-      variables, inputs.encoded, inputs.encoder_input_tokens, tokens[:, None], inputs.time,
-      decode=True, prefill=prefill, mutable=["cache"], method=network.Transformer.decode)
-  return logits[:, 0], updated["cache"]
-
-
-def _choose_token(state: DecodeState, inputs: DecodeInputs, temperature: float, top_k: int,
+def _choose_token(state: DecodeState, rng: Array, prefix_lengths: Array,
+                  allowed_tokens: Optional[Array], temperature: float, top_k: int,
                   top_p: float, eos_id: Optional[int]) -> DecodeState:
   """Writes the token at ``state.position``: the prefix token if forced, else a sample or pad.
 
   Only sampled EOS ends a row; an EOS inside a forced prefix does not.
   """
   position = state.position
-  rng = jax.random.fold_in(inputs.rng, position)
   logits = state.logits
-  if inputs.allowed_tokens is not None:
-    logits = jnp.where(inputs.allowed_tokens, logits, -jnp.inf)
-  sampled = sampling.sample_categorical(rng, logits, temperature, top_k, top_p)
-  forced = position < inputs.prefix_lengths
+  if allowed_tokens is not None:
+    logits = jnp.where(allowed_tokens, logits, -jnp.inf)
+  sampled = sampling.sample_categorical(jax.random.fold_in(rng, position), logits, temperature,
+                                        top_k, top_p)
+  forced = position < prefix_lengths
   current = jax.lax.dynamic_index_in_dim(state.tokens, position, axis=1, keepdims=False)
-  token = jnp.where(forced, current, jnp.where(state.done, PAD_ID, sampled))
+  token = jnp.where(forced, current, jnp.where(state.done, vocabularies.PAD_ID, sampled))
   done = state.done
   if eos_id is not None:
     done = done | (~forced & (token == eos_id))
   tokens = jax.lax.dynamic_update_index_in_dim(state.tokens, token, position, axis=1)
   return state.replace(position=position + 1, tokens=tokens, done=done)
+
+
+def sample_with_cache(tokens_to_logits: TokensToLogits, logits: Array, cache: Any,
+                      tokens: Array, prefix_lengths: Array, rng: Array, *,
+                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                      eos_id: Optional[int] = None,
+                      allowed_tokens: Optional[Array] = None) -> Array:
+  """The KV-cache sampling loop every autoregressive sampler shares (traced, not jitted).
+
+  Args:
+    tokens_to_logits: one cached network step (``TokensToLogits``).
+    logits: ``[B, V]`` logits of the first output position (after the start token).
+    cache: the cache after the start token.
+    tokens: ``[B, L]`` output buffer holding each row's forced prefix.
+    prefix_lengths: ``[B]`` forced length of each row.
+    rng: PRNG key; position ``i`` samples with ``fold_in(rng, i)``.
+    temperature, top_k, top_p: see ``sampling.sample_categorical``; temperature 0 is greedy.
+    eos_id: after a row samples it, the row's later outputs are 0; None: no early stop.
+    allowed_tokens: ``[V]`` bool; sampled tokens are restricted to the True ids.
+
+  Returns:
+    ``[B, L]`` tokens; position ``i`` was generated from positions ``< i``.
+  """
+  batch, length = tokens.shape
+  state = DecodeState(position=jnp.array(0, jnp.int32), tokens=tokens, logits=logits,
+                      cache=cache, done=jnp.zeros((batch,), jnp.bool_))
+  choose = functools.partial(_choose_token, rng=rng, prefix_lengths=prefix_lengths,
+                             allowed_tokens=allowed_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p, eos_id=eos_id)
+
+  def step(_: Array, state: DecodeState) -> DecodeState:
+    state = choose(state)
+    chosen = jax.lax.dynamic_index_in_dim(state.tokens, state.position - 1, axis=1,
+                                          keepdims=False)
+    logits, cache = tokens_to_logits(state.cache, chosen)
+    return state.replace(logits=logits, cache=cache)
+
+  state = jax.lax.fori_loop(0, length - 1, step, state)
+  return choose(state).tokens
 
 
 def _initial_tokens(batch: int, length: int, prefix: Optional[Array],
@@ -103,10 +126,11 @@ def _initial_tokens(batch: int, length: int, prefix: Optional[Array],
   if prefix.ndim != 2 or prefix.shape[0] != batch or prefix.shape[1] > length:
     raise ValueError(f"decoder_prefix must be [batch={batch}, <= {length}], got {prefix.shape}.")
   if prefix_lengths is None:
-    prefix_lengths = jnp.sum(prefix != PAD_ID, axis=1)
+    prefix_lengths = jnp.sum(prefix != vocabularies.PAD_ID, axis=1)
   prefix_lengths = jnp.clip(prefix_lengths, 0, prefix.shape[1])
   positions = jnp.arange(prefix.shape[1])
-  prefix = jnp.where(positions[None, :] < prefix_lengths[:, None], prefix, PAD_ID)
+  prefix = jnp.where(positions[None, :] < prefix_lengths[:, None], prefix,
+                     vocabularies.PAD_ID)
   tokens = jnp.pad(prefix.astype(jnp.int32), ((0, 0), (0, length - prefix.shape[1])))
   return tokens, prefix_lengths.astype(jnp.int32)
 
@@ -150,22 +174,16 @@ def decode(module: network.Transformer, params: Params, encoder_input_tokens: Ar
   tokens, prefix_lengths = _initial_tokens(batch, length, decoder_prefix, decoder_prefix_lengths)
   encoded = module.apply({"params": params}, encoder_input_tokens, time,
                          method=network.Transformer.encode)
-  inputs = DecodeInputs(params=params, encoded=encoded, encoder_input_tokens=encoder_input_tokens,
-                        time=time, prefix_lengths=prefix_lengths, rng=rng,
-                        allowed_tokens=allowed_tokens)
-  start = jnp.full((batch,), PAD_ID, jnp.int32)
-  logits, cache = _decoder_step(module, inputs, None, start, prefill=True)
-  state = DecodeState(position=jnp.array(0, jnp.int32), tokens=tokens, logits=logits,
-                      cache=cache, done=jnp.zeros((batch,), jnp.bool_))
-  choose = functools.partial(_choose_token, inputs=inputs, temperature=temperature,
-                             top_k=top_k, top_p=top_p, eos_id=eos_id)
 
-  def step(_: Array, state: DecodeState) -> DecodeState:
-    state = choose(state)
-    chosen = jax.lax.dynamic_index_in_dim(state.tokens, state.position - 1, axis=1,
-                                          keepdims=False)
-    logits, cache = _decoder_step(module, inputs, state.cache, chosen, prefill=False)
-    return state.replace(logits=logits, cache=cache)
+  def decoder_step(cache: Any, step_tokens: Array) -> tuple[Array, Any]:
+    variables = ({"params": params} if cache is None
+                 else {"params": params, "cache": cache})
+    logits, updated = module.apply(
+        variables, encoded, encoder_input_tokens, step_tokens[:, None], time, decode=True,
+        prefill=cache is None, mutable=["cache"], method=network.Transformer.decode)
+    return logits[:, 0], updated["cache"]
 
-  state = jax.lax.fori_loop(0, length - 1, step, state)
-  return choose(state).tokens
+  logits, cache = decoder_step(None, jnp.full((batch,), vocabularies.PAD_ID, jnp.int32))
+  return sample_with_cache(decoder_step, logits, cache, tokens, prefix_lengths, rng,
+                           temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
+                           allowed_tokens=allowed_tokens)

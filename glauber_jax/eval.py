@@ -43,7 +43,7 @@ import functools
 import json
 import logging
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import flax.linen as nn
 import gin
@@ -51,7 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import checkpoints, gin_utils, metrics, models, summaries, synthetic
+from glauber_jax import (checkpoints, gin_utils, metrics, models, summaries, synthetic,
+                         vocabularies)
 
 DISTINCT_NS = (1, 2, 3, 4)
 SYNTHETIC_KINDS = synthetic.KINDS
@@ -150,11 +151,11 @@ def evaluate_file(path: str, judge: Optional[metrics.Judge] = None, batch_size: 
                   mauve_features: Optional[str] = None,
                   reference_features: Optional[np.ndarray] = None,
                   device: str = "cpu",
-                  puzzles_by_prompt: Optional[dict[str, Any]] = None,
+                  puzzles: Optional[PuzzleScorer] = None,
                   exact_judge: Optional[ExactJudge] = None) -> dict[str, Any]:
   """One result row (JSON-ready) for the samples file at ``path``; MAUVE when ``references``
   are given (``reference_features``: their precomputed ``metrics.featurize`` features);
-  puzzle scores when ``puzzles_by_prompt`` is (``puzzle_row``); the exact judge's columns
+  puzzle scores when ``puzzles`` is (``PuzzleScorer.row``); the exact judge's columns
   when ``exact_judge`` is (``synthetic_exact_judge``)."""
   records = read_samples(path)
   settings = records[0].get("settings", {})
@@ -177,8 +178,8 @@ def evaluate_file(path: str, judge: Optional[metrics.Judge] = None, batch_size: 
                                        reference_features=reference_features, device=device)
     if row["mauve"] is None:
       row["mauve_skipped"] = metrics.mauve_unavailable_reason(mauve_features)
-  if puzzles_by_prompt is not None:
-    row.update(puzzle_row(records, puzzles_by_prompt, path))
+  if puzzles is not None:
+    row.update(puzzles.row(records, path))
   if exact_judge is not None:
     try:
       row.update(exact_judge(token_lists))
@@ -188,40 +189,66 @@ def evaluate_file(path: str, judge: Optional[metrics.Judge] = None, batch_size: 
   return row
 
 
-def puzzle_row(records: Sequence[dict[str, Any]], puzzles_by_prompt: dict[str, Any], path: str
-               ) -> dict[str, Any]:
-  """Exact-solve rate and cell accuracy of the samples whose prompt is one of the puzzles
-  (``tasks.puzzles.PuzzleExample`` by prompt); the answer is read from each sample's
-  continuation by ``tasks.puzzles.extract_answer``."""
-  from tasks import puzzles  # pylint: disable=import-outside-toplevel
+class PuzzleTasks(metrics.PuzzleRules, Protocol):
+  """What scoring ``--puzzles`` needs of the puzzle tasks: the module ``tasks.puzzles`` (``main``
+  imports it and passes it in, as the library does not import the task registrations).
 
-  scored = [(puzzles_by_prompt[record["prompt"]], record) for record in records
-            if record.get("prompt") in puzzles_by_prompt]
-  if not scored:
-    raise ValueError(f"{path}: no sample was prompted with one of the --puzzles (sample them "
-                     "with --gin.infer.prompts_file set to the same puzzle file).")
-  if any("continuation" not in record for _, record in scored):
-    raise ValueError(f"{path}: samples lack 'continuation'; sample them again with this "
-                     "version of glauber_jax.infer.")
-  result = metrics.puzzle_scores(
-      [example for example, _ in scored],
-      [puzzles.extract_answer(example.kind, record["continuation"]) for example, record in scored])
-  return {"exact_solve": result["exact_solve"], "cell_accuracy": result["cell_accuracy"],
-          "puzzles_scored": result["num_examples"]}
+  ``read_prompt_file(path)`` gives the puzzle examples (each with ``kind`` and ``puzzle``, the
+  prompt) of a file of ``python -m tasks.puzzles``; ``extract_answer(kind, continuation)`` the
+  answer in a sample's continuation of a puzzle prompt.
+  """
+
+  def read_prompt_file(self, path: str) -> Sequence[Any]: ...
+
+  def extract_answer(self, kind: str, continuation: str) -> str: ...
 
 
-def synthetic_exact_judge(kind: str, seed: int = 0) -> tuple[ExactJudge, dict[str, Any]]:
-  """The exact judge of the synthetic language ``kind`` (``hmm`` or ``enum``) under the
-  current gin configuration (``tasks.registry.synthetic_language_config`` /
-  ``synthetic_enum_config``), and the row fields naming it (``synthetic``,
-  ``synthetic_config``). Samples are read as token ids of the tasks' ``LetterVocabulary``."""
-  from tasks import registry  # pylint: disable=import-outside-toplevel
+class PuzzleScorer:
+  """Scores the samples prompted with the puzzles of one puzzle file (``infer.prompts_file``).
 
-  config = registry.synthetic_config(kind)
+  Attributes:
+    path: the puzzle file (``python -m tasks.puzzles`` wrote it).
+    puzzle_tasks: reads the file and checks answers (``tasks.puzzles``).
+    by_prompt: the file's puzzle examples by prompt.
+  """
+
+  def __init__(self, path: str, puzzle_tasks: PuzzleTasks) -> None:
+    self.path, self.puzzle_tasks = path, puzzle_tasks
+    self.by_prompt = {example.puzzle: example for example in puzzle_tasks.read_prompt_file(path)}
+
+  def row(self, records: Sequence[dict[str, Any]], path: str) -> dict[str, Any]:
+    """Exact-solve rate and cell accuracy of the samples (of the file at ``path``) whose prompt
+    is one of the puzzles; the answer is read from each sample's continuation by
+    ``puzzle_tasks.extract_answer``."""
+    scored = [(self.by_prompt[record["prompt"]], record) for record in records
+              if record.get("prompt") in self.by_prompt]
+    if not scored:
+      raise ValueError(f"{path}: no sample was prompted with one of the --puzzles (sample them "
+                       "with --gin.infer.prompts_file set to the same puzzle file).")
+    if any("continuation" not in record for _, record in scored):
+      raise ValueError(f"{path}: samples lack 'continuation'; sample them again with this "
+                       "version of glauber_jax.infer.")
+    result = metrics.puzzle_scores(
+        [example for example, _ in scored],
+        [self.puzzle_tasks.extract_answer(example.kind, record["continuation"])
+         for example, record in scored], self.puzzle_tasks)
+    return {"exact_solve": result["exact_solve"], "cell_accuracy": result["cell_accuracy"],
+            "puzzles_scored": result["num_examples"]}
+
+
+def synthetic_exact_judge(config: synthetic.SyntheticConfig,
+                          vocabulary: vocabularies.Vocabulary, seed: int = 0
+                          ) -> tuple[ExactJudge, dict[str, Any]]:
+  """The exact judge of the synthetic language ``config`` names, and the row fields naming it
+  (``synthetic``, ``synthetic_config``).
+
+  ``main`` passes the current gin configuration of the tasks' language and their
+  ``LetterVocabulary`` (``tasks.registry.synthetic_config`` and ``synthetic_vocabulary``);
+  samples are read as token ids of ``vocabulary``.
+  """
   judge = functools.partial(synthetic.exact_judge_row, language=config.language(),
-                            vocabulary=registry.synthetic_vocabulary(kind),
-                            enumerable=kind == "enum", seed=seed)
-  return judge, {"synthetic": kind, "synthetic_config": dataclasses.asdict(config)}
+                            vocabulary=vocabulary, enumerable=config.kind == "enum", seed=seed)
+  return judge, {"synthetic": config.kind, "synthetic_config": dataclasses.asdict(config)}
 
 
 def _cell(value: Any) -> str:
@@ -257,33 +284,28 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def evaluate(samples: Sequence[str], output: str, judge: Optional[metrics.Judge] = None,
              batch_size: int = 8, reference_file: Optional[str] = None,
              mauve_features: Optional[str] = None, device: str = "cpu",
-             puzzle_file: Optional[str] = None, synthetic_kind: Optional[str] = None
+             puzzles: Optional[PuzzleScorer] = None,
+             synthetic_judge: Optional[tuple[ExactJudge, dict[str, Any]]] = None
              ) -> list[dict[str, Any]]:
   """Evaluates every samples file, prints the table, appends the rows to ``output``.
 
-  ``synthetic_kind`` (``hmm`` or ``enum``) adds the exact judge of that synthetic language as
-  the current gin configuration defines it (``synthetic_exact_judge``)."""
+  ``puzzles`` adds the scores of the samples prompted with its puzzles; ``synthetic_judge``
+  (``synthetic_exact_judge``'s judge and row fields) the exact judge of a synthetic
+  language."""
   references = read_references(reference_file) if reference_file else None
-  exact_judge, synthetic_fields = None, {}
-  if synthetic_kind:
-    exact_judge, synthetic_fields = synthetic_exact_judge(synthetic_kind)
-  puzzles_by_prompt = None
-  if puzzle_file:
-    from tasks import puzzles  # pylint: disable=import-outside-toplevel
-    puzzles_by_prompt = {example.puzzle: example
-                         for example in puzzles.read_prompt_file(puzzle_file)}
+  exact_judge, synthetic_fields = synthetic_judge or (None, {})
   reference_features = None
   if references is not None and metrics.mauve_unavailable_reason(mauve_features) is None:
     reference_features = metrics.featurize(references, mauve_features, device=device)
   rows = [evaluate_file(path, judge, batch_size, references, mauve_features,
-                        reference_features, device, puzzles_by_prompt, exact_judge)
+                        reference_features, device, puzzles, exact_judge)
           for path in samples]
   for row in rows:
     row.update(synthetic_fields)
     if reference_file:
       row["reference_file"] = reference_file
-    if puzzle_file:
-      row["puzzle_file"] = puzzle_file
+    if puzzles is not None:
+      row["puzzle_file"] = puzzles.path
   print(format_table(rows), flush=True)
   summaries.write_jsonl(output, rows, append=True)
   return rows
@@ -324,6 +346,10 @@ def main(argv: Sequence[str]) -> None:
   if missing:
     parser.error(f"no such file: {', '.join(missing)}.")
   summaries.configure_logging()
+  # Registers the tasks before gin reads the bindings that name them (the judge's task, the
+  # synthetic language), and brings the puzzle and synthetic tasks' helpers: the command line
+  # imports the task registrations, the library never does.
+  from tasks import puzzles, registry  # pylint: disable=import-outside-toplevel
   judge: Optional[metrics.Judge] = None
   if args.judge_hf:
     try:
@@ -337,7 +363,11 @@ def main(argv: Sequence[str]) -> None:
   output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.samples[0])),
                                        "eval.jsonl")
   try:
+    scorer = PuzzleScorer(args.puzzles, puzzles) if args.puzzles else None
+    synthetic_judge = (synthetic_exact_judge(registry.synthetic_config(args.synthetic),
+                                             registry.synthetic_vocabulary(args.synthetic))
+                       if args.synthetic else None)
     evaluate(args.samples, output, judge, args.batch_size, args.reference_file,
-             args.mauve_features or args.judge_hf, args.device, args.puzzles, args.synthetic)
+             args.mauve_features or args.judge_hf, args.device, scorer, synthetic_judge)
   except ValueError as error:  # Bad samples or puzzle files: the message names the file.
     raise SystemExit(f"eval error: {error}") from None

@@ -200,11 +200,11 @@ def write_operative_config(model_dir: str, filename: str = "config.gin") -> str:
 
 def run_configured(gin_files: Sequence[str], bindings: Sequence[str],
                    entry_point: Callable[[], Any]) -> Any:
-  """What every CLI does after reading its flags: register the tasks, parse gin, run.
+  """What every CLI does after reading its flags and importing ``tasks`` (the task
+  registrations gin files name, which the library never imports): parse gin, run.
 
   Configuration and checkpoint errors end the program with their message instead of a trace.
   """
-  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from glauber_jax import checkpoints  # pylint: disable=import-outside-toplevel
   try:
     parse_gin(gin_files, bindings)

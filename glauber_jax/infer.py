@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import checkpoints, data, gin_utils, models, summaries
+from glauber_jax import checkpoints, data, gin_utils, models, sampling, summaries
 
 MODES = ("sample", "causal", "bound")
 
@@ -130,13 +130,13 @@ def read_prompts(path: str) -> list[str]:
 
 
 def generate(model: models.BaseModel, params: Any, *, mode: str, num_samples: int,
-             batch_size: int, prompts: Sequence[str], options: models.SamplerOptions,
+             batch_size: int, prompts: Sequence[str], options: sampling.SamplerOptions,
              seed: int) -> Iterator[dict[str, Any]]:
   """Yields one JSON-ready record per sample, prompt by prompt (or unconditionally); rows of
   several prompts share a batch when their prefixes have the same number of tokens.
   ``options`` are the model's checked sampler options (``model.sampler_options``)."""
   vocab = model.vocabulary
-  settings = {"mode": mode, "model": type(model).__name__, "seq_len": model.seq_len,
+  settings = {"mode": mode, "model": model.name, "seq_len": model.seq_len,
               **dataclasses.asdict(options), "seed": seed}
   rng = jax.random.PRNGKey(seed)
   prompts = list(prompts) or [None]
@@ -221,7 +221,7 @@ def infer(*, model: models.BaseModel = gin.REQUIRED,
     prompts: texts whose tokens are frozen as the prefix; empty: unconditional.
     prompts_file: more prompts, read by ``read_prompts`` (e.g. puzzles to solve).
     temperature, top_k, top_p: every sampler's draws (the Glauber DiT: its causal phase).
-    sampler_options: the model's other sampler options by name (``models.SamplerOptions``
+    sampler_options: the model's other sampler options by name (``sampling.SamplerOptions``
       subclasses): ``num_rounds`` (default: the trained ``N``) and ``infill_temperature`` for
       the Glauber DiT, ``num_steps`` for MDLM.
     seed: PRNG seed.
@@ -275,4 +275,7 @@ def main(argv: Sequence[str]) -> None:
   if not gin_files:
     raise SystemExit("give the run's --gin_file (e.g. --gin_file=gin/ul2_tiny_glauber.gin).")
   summaries.configure_logging()
+  # The tasks gin names (MIXTURE_OR_TASK_NAME) register on import; the command line imports
+  # them, the library never does.
+  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   gin_utils.run_configured(gin_files, bindings, infer)

@@ -18,7 +18,8 @@ Definitions (``docs/evaluation.md`` has them with their sources):
   of our models through a plain scoring callable.
 - ``mauve_score``: MAUVE (Pillutla et al. 2021) when the ``mauve-text`` package and a local
   feature model are present; otherwise None and a logged reason.
-- ``puzzle_scores``: exact-solve and cell accuracy from ``tasks.puzzles``.
+- ``puzzle_scores``: exact-solve and cell accuracy by the puzzles' rules (``tasks.puzzles``,
+  passed in).
 - ``perplexity_bound``: ``exp(-sum ELBO / sum tokens)`` from per-sequence ELBOs.
 
 Chunking and BOS: a sample whose judge tokenisation is longer than the judge's context is split
@@ -35,7 +36,7 @@ import importlib.util
 import logging
 import math
 import os
-from typing import Any, Callable, Hashable, Iterable, Optional, Protocol, Sequence
+from typing import Any, Callable, Hashable, Iterable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -351,15 +352,26 @@ def mauve_score(sample_texts: Sequence[str], reference_texts: Sequence[str],
 # ---- Puzzles and likelihood bounds -------------------------------------------------------------
 
 
-def puzzle_scores(examples: Sequence[Any], predictions: Sequence[str]) -> dict[str, float]:
-  """``exact_solve`` and ``cell_accuracy`` means (``tasks.puzzles.evaluate``) and the count.
+class PuzzleRules(Protocol):
+  """How answers to puzzles are checked: the module ``tasks.puzzles`` is one, passed in by the
+  caller, as the library does not import the task registrations.
 
-  ``examples`` are ``tasks.puzzles.PuzzleExample``; ``predictions`` the decoded model answers,
-  one per example.
+  ``evaluate(examples, predictions)`` gives the mean ``exact_solve`` and ``cell_accuracy`` over
+  paired examples and predictions.
   """
-  from tasks import puzzles  # pylint: disable=import-outside-toplevel
 
-  return {**puzzles.evaluate(examples, predictions), "num_examples": len(examples)}
+  def evaluate(self, examples: Sequence[Any], predictions: Sequence[str]
+               ) -> Mapping[str, float]: ...
+
+
+def puzzle_scores(examples: Sequence[Any], predictions: Sequence[str], rules: PuzzleRules
+                  ) -> dict[str, float]:
+  """``exact_solve`` and ``cell_accuracy`` means (``rules.evaluate``) and the count.
+
+  ``examples`` are puzzles of ``rules`` (``tasks.puzzles.PuzzleExample`` for ``tasks.puzzles``);
+  ``predictions`` the decoded model answers, one per example.
+  """
+  return {**rules.evaluate(examples, predictions), "num_examples": len(examples)}
 
 
 def perplexity_bound(elbo_nats_per_sequence: Sequence[float] | np.ndarray,

@@ -1,10 +1,11 @@
 """The model interface the trainer and the CLIs drive, and the UL2 encoder-decoder model.
 
 As in T5X, the trainer only knows ``BaseModel``: initial variables, a loss, batch prediction and
-batch scoring. A diffusion model is one more subclass that overrides the loss and prediction.
+batch scoring. ``DiffusionModel`` is the one subclass for every diffusion family: a denoiser
+network driven by a ``processes.base.Process``.
 The inference CLI only knows the sampling half of the same interface: ``sample`` with the
-model's own ``SamplerOptions`` (checked by ``sampler_options``), ``likelihood_bound``, the
-checkpointed state inference needs (``inference_state_names``) and the check of a checkpoint's
+model's own ``sampling.SamplerOptions`` (checked by ``sampler_options``), ``likelihood_bound``,
+the checkpointed state inference needs (``inference_state_names``) and the check of a checkpoint's
 metadata against the configured model (``check_checkpoint_metadata``).
 
 Losses are returned as *sums* together with the number of weighted target tokens
@@ -17,51 +18,20 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 
-from glauber_jax import decoding, network, throughput, vocabularies
+from glauber_jax import decoding, network, sampling, throughput, vocabularies
+from glauber_jax.processes import base as processes_base
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Any
 
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerOptions:
-  """Settings of a model's sampler (hashable: one compiled program per distinct value).
-
-  Each sampling model subclasses this with its own settings; ``BaseModel.sampler_options``
-  builds it from a mapping (for example ``infer.sampler_options`` in gin) and rejects names the
-  model's sampler does not have.
-
-  Attributes:
-    temperature: temperature of the sampler's draws (0: greedy).
-    top_k: keep the ``k`` most likely tokens (0: all).
-    top_p: nucleus mass kept (1.0: all).
-  """
-
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-
-
-class Samples(NamedTuple):
-  """What ``BaseModel.sample`` returns.
-
-  Attributes:
-    draft: ``[B, L]`` a first draft the sampler then refined (the Glauber model's CAUSAL-GEN
-      draft before its rounds); None for samplers without one.
-    final: ``[B, L]`` the samples.
-  """
-
-  draft: Optional[Array]
-  final: Array
 
 
 ENCODER_DECODER_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
@@ -104,6 +74,11 @@ class BaseModel(abc.ABC):
 
   #: Batch features the loss reads; the trainer checks incoming batches against these.
   feature_names: tuple[str, ...] = ()
+
+  @property
+  def name(self) -> str:
+    """What the model is, for records and logs: its class name by default."""
+    return type(self).__name__
 
   @abc.abstractmethod
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]
@@ -181,12 +156,12 @@ class BaseModel(abc.ABC):
   # ---- Sampling and likelihood bounds (the inference CLI's interface) ------------------------
 
   #: The sampler's settings; None: this model does not sample.
-  sampler_options_type: Optional[type[SamplerOptions]] = None
+  sampler_options_type: Optional[type[sampling.SamplerOptions]] = None
   #: ``model_state`` entries inference needs besides the parameters (each falls back to the
   #: parameters when a checkpoint lacks it, as a source checkpoint does).
   inference_state_names: tuple[str, ...] = ()
 
-  def sampler_options(self, options: Mapping[str, Any]) -> SamplerOptions:
+  def sampler_options(self, options: Mapping[str, Any]) -> sampling.SamplerOptions:
     """``sampler_options_type(**options)``; ValueError names the valid options when ``options``
     holds one this model's sampler does not have. Models override it to resolve defaults that
     depend on the configuration (e.g. the trained number of rounds) and to check ranges."""
@@ -200,26 +175,26 @@ class BaseModel(abc.ABC):
                        f"are {valid}.")
     return self.sampler_options_type(**options)
 
-  def draft_options(self, options: SamplerOptions) -> SamplerOptions:
+  def draft_options(self, options: sampling.SamplerOptions) -> sampling.SamplerOptions:
     """``options`` for the model's first draft alone (``infer --mode=causal``); the same options
     for samplers without a refinement stage."""
     return options
 
   def sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array] = None,
-             **options: Any) -> Samples:
+             **options: Any) -> sampling.Samples:
     """``batch_size`` samples, the first ``P`` tokens equal to ``prefix [B, P]`` and never
     resampled, in one compiled program per shape and options; ``options`` are the model's
-    ``SamplerOptions`` by name."""
+    ``sampling.SamplerOptions`` by name."""
     return self.sample_with(params, rng, batch_size, prefix, self.sampler_options(options))
 
   @functools.partial(jax.jit, static_argnames=("self", "batch_size", "options"))
   def sample_with(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
-                  options: SamplerOptions) -> Samples:
+                  options: sampling.SamplerOptions) -> sampling.Samples:
     """``sample`` with checked options (``sampler_options``' result)."""
     return self._sample(nn.meta.unbox(params), rng, batch_size, prefix, options)
 
   def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
-              options: SamplerOptions) -> Samples:
+              options: sampling.SamplerOptions) -> sampling.Samples:
     """The sampler, traced under ``sample_with``'s jit; models with a sampler override it."""
     del params, rng, batch_size, prefix, options
     raise ValueError(f"{type(self).__name__} has no sampler.")
@@ -350,6 +325,125 @@ class EncoderDecoderModel(BaseModel):
   def num_flops_per_example(self, input_lengths: Mapping[str, int]) -> float:
     return throughput.encoder_decoder_training_flops(
         self.network_config, input_lengths["inputs"], input_lengths["targets"])
+
+
+@gin.configurable
+class DiffusionModel(BaseModel):
+  """A discrete diffusion model: a denoiser network driven by a process.
+
+  The one model every diffusion family trains and samples with
+  (``processes.base.Process``): the process owns the forward corruption, the loss, the
+  sampler, the bound and the checkpoint facts, and calls the denoiser's read-outs; this class
+  adapts the pair to ``BaseModel``. Batches are ``{"targets": int32 [B, L]}`` rows of a task.
+
+  Attributes:
+    denoiser: the network (``denoiser_networks.EncoderDecoderDenoiser`` for Glauber,
+      ``SingleStackDenoiser`` for the absorbing process) or a table.
+    process: the family (``GlauberProcess``, ``AbsorbingProcess``).
+  """
+
+  feature_names = ("targets",)
+
+  def __init__(self, denoiser: Any = gin.REQUIRED,
+               process: processes_base.Process = gin.REQUIRED) -> None:
+    process.check_denoiser(denoiser)
+    self.denoiser = denoiser
+    self.process = process
+    self.sampler_options_type = process.sampler_options_type
+    self.inference_state_names = process.inference_state_names
+
+  @property
+  def name(self) -> str:
+    return f"DiffusionModel({self.process.name})"
+
+  @property
+  def seq_len(self) -> int:
+    return self.process.seq_len
+
+  @property
+  def vocabulary(self) -> vocabularies.Vocabulary:
+    return self.denoiser.vocabulary
+
+  # ---- Training ------------------------------------------------------------------------------
+
+  def input_shapes(self, batch_size: int, feature_lengths: Mapping[str, int]
+                   ) -> dict[str, tuple[int, ...]]:
+    if dict(feature_lengths) != {"targets": self.seq_len}:
+      raise ValueError(f"TASK_FEATURE_LENGTHS must be {{'targets': {self.seq_len}}} (the "
+                       f"process's seq_len), got {dict(feature_lengths)}.")
+    return {"targets": (batch_size, self.seq_len)}
+
+  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]
+                            ) -> dict[str, Any]:
+    return self.denoiser.init_variables(rng, input_shapes["targets"][0], self.seq_len)
+
+  def is_added_param(self, path: tuple[str, ...]) -> bool:
+    is_added = getattr(self.denoiser, "is_added_param", None)
+    return bool(is_added and is_added(path))
+
+  def init_model_state(self, params: Params, batch: Batch, rng: Array) -> Any:
+    return self.process.init_state(self.denoiser, params, batch["targets"], rng)
+
+  def model_state_shardings(self, abstract_model_state: Any, param_shardings: Any,
+                            batch_sharding: Any, replicated: Any) -> Any:
+    del replicated
+    return self.process.state_shardings(abstract_model_state, param_shardings, batch_sharding)
+
+  def training_start_report(self, params: Params, model_state: Any, batch: Batch, rng: Array
+                            ) -> dict[str, float]:
+    return self.process.start_report(self.denoiser, params, model_state, batch["targets"], rng)
+
+  def prepare_batch(self, params: Params, model_state: Any, batch: Batch, step: Array,
+                    rng: Array) -> tuple[Batch, Any]:
+    """The process's forward corruption of the data rows."""
+    return self.process.forward(self.denoiser, params, model_state, batch["targets"], step,
+                                rng)
+
+  def loss_fn(self, params: Params, batch: Batch, rng: Optional[Array]
+              ) -> tuple[Array, dict[str, Array]]:
+    return self.process.loss(self.denoiser, params, batch, rng)
+
+  def num_flops_per_example(self, input_lengths: Mapping[str, int]) -> float:
+    del input_lengths
+    return self.process.training_flops(self.denoiser)
+
+  # ---- Sampling, the bound, checkpoints ------------------------------------------------------
+
+  def sampler_options(self, options: Mapping[str, Any]) -> sampling.SamplerOptions:
+    return self.process.sampler_options(super().sampler_options(options))
+
+  def draft_options(self, options: sampling.SamplerOptions) -> sampling.SamplerOptions:
+    return self.process.draft_options(options)
+
+  def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
+              options: sampling.SamplerOptions) -> sampling.Samples:
+    return self.process.sample(self.denoiser, params, rng, batch_size, prefix, options)
+
+  def likelihood_bound(self, params: Params, tokens: Array, rng: Array,
+                       inference_state: Optional[Mapping[str, Params]] = None) -> Array:
+    """The process's one-draw bound ``[B]`` (nats); ``inference_state`` entries missing (or
+    None) fall back to the parameters."""
+    return self._likelihood_bound(params, tokens, rng, dict(inference_state or {}))
+
+  @functools.partial(jax.jit, static_argnames=("self",))
+  def _likelihood_bound(self, params: Params, tokens: Array, rng: Array,
+                        inference_state: Mapping[str, Params]) -> Array:
+    return self.process.likelihood_bound(self.denoiser, nn.meta.unbox(params), tokens, rng,
+                                         nn.meta.unbox(inference_state))
+
+  def predict_batch(self, params: Params, batch: Batch, rng: Array, **kwargs: Any) -> Array:
+    """Samples ``[B, L]``; ``kwargs`` are sampler options."""
+    return self.sample(params, rng, batch["targets"].shape[0], **kwargs).final
+
+  @functools.partial(jax.jit, static_argnames=("self",))
+  def score_batch(self, params: Params, batch: Batch) -> Array:
+    return self.process.score(self.denoiser, nn.meta.unbox(params), batch["targets"])
+
+  def checkpoint_metadata(self) -> dict[str, Any]:
+    return self.process.metadata()
+
+  def check_checkpoint_metadata(self, saved: Mapping[str, Any]) -> None:
+    self.process.check_metadata(saved)
 
 
 def count_params(params: Params) -> int:

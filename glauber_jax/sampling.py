@@ -17,10 +17,57 @@ unless top-k / top-p filtering asks for one. ``jax_enable_x64`` is not needed.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple, Optional
+
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+  """Settings of a sampler (hashable: one compiled program per distinct value).
+
+  Each sampler subclasses this with its own settings; ``models.BaseModel.sampler_options``
+  builds it from a mapping (for example ``infer.sampler_options`` in gin) and rejects names the
+  sampler does not have.
+
+  Attributes:
+    temperature: temperature of the sampler's draws (0: greedy).
+    top_k: keep the ``k`` most likely tokens (0: all).
+    top_p: nucleus mass kept (1.0: all).
+  """
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+
+class Samples(NamedTuple):
+  """What a sampler returns.
+
+  Attributes:
+    draft: ``[B, L]`` a first draft the sampler then refined (the Glauber process's CAUSAL-GEN
+      draft before its rounds); None for samplers without one.
+    final: ``[B, L]`` the samples.
+  """
+
+  draft: Optional[Array]
+  final: Array
+
+
+def checked_prefix(prefix: Optional[Array], batch_size: int, seq_len: int) -> Array:
+  """``prefix [B, P]`` as int32 (``[B, 0]`` when None), checked against the batch and ``L``."""
+  if prefix is None:
+    return jnp.zeros((batch_size, 0), jnp.int32)
+  if prefix.ndim != 2 or prefix.shape[0] != batch_size:
+    raise ValueError(f"prefix must be [batch_size={batch_size}, P], got {prefix.shape}.")
+  if prefix.shape[1] >= seq_len:
+    raise ValueError(f"prefix length {prefix.shape[1]} leaves nothing to generate (L = "
+                     f"{seq_len}).")
+  return prefix.astype(jnp.int32)
 
 
 def gumbel_from_bits(high: Array, low: Array) -> Array:

@@ -58,6 +58,7 @@ if __name__ == "__main__":  # Run as glauber_jax.testbed, so gin and the registr
 import contextlib
 import dataclasses
 import datetime
+import functools
 import hashlib
 import itertools
 import json
@@ -80,9 +81,9 @@ VARIANTS = ("hmm", "enum")
 KINDS = ("causal_lm", "mdlm", "prior", "glauber", "oracle", "perturbed")
 #: Kinds whose samples are a CAUSAL-GEN draft plus reverse rounds (judged on both).
 ROUNDS_KINDS = ("glauber", "oracle", "perturbed")
-LOSS = "glauber_model.GlauberDiffusionModel.loss = '{}'"
+LOSS = "glauber_process.GlauberProcess.loss = '{}'"
 #: Algorithm 1's fresh data row per pair: ``ce_all_sites`` memorises the buffer's few rows.
-LITERAL = "glauber_model.GlauberDiffusionModel.training_mode = 'literal'"
+LITERAL = "glauber_process.GlauberProcess.training_mode = 'literal'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -563,7 +564,7 @@ class Testbed:
       compute = self.train(files, bindings, {"targets": setup.seq_len})
       self.log(f"{setup.name}/{name}: sampling {budget.num_samples}")
       records, model = self.sample(files, bindings, directory, "sample", samples_file, budget)
-      calls = model.num_steps if row.kind == "mdlm" else setup.seq_len
+      calls = model.process.num_steps if row.kind == "mdlm" else setup.seq_len
       train_detail = f"{compute['train_steps']} x {compute['batch_size']}"
     elif row.kind == "prior" or (row.kind == "glauber" and not row.train):
       mode = "causal" if row.kind == "prior" else "sample"
@@ -574,7 +575,7 @@ class Testbed:
                                 else self.parameter_count(files, bindings)),
                  "train_steps": ul2["train_steps"], "batch_size": ul2["batch_size"],
                  "train_flops": ul2["train_flops"]}
-      rounds = 0 if row.kind == "prior" else model.schedule.num_rounds
+      rounds = 0 if row.kind == "prior" else model.process.schedule.num_rounds
       calls = setup.seq_len * (1 + rounds)
       train_detail = f"UL2 {ul2['train_steps']} x {ul2['batch_size']}"
       if row.kind == "prior":
@@ -585,7 +586,7 @@ class Testbed:
       compute = self.train(files, bindings, {"targets": setup.seq_len})
       self.log(f"{setup.name}/{name}: sampling {budget.num_samples}")
       records, model = self.sample(files, bindings, directory, "sample", samples_file, budget)
-      calls = setup.seq_len * (1 + model.schedule.num_rounds)
+      calls = setup.seq_len * (1 + model.process.schedule.num_rounds)
       train_detail = (f"UL2 {ul2['train_steps']} + Glauber {compute['train_steps']}, "
                       f"x {compute['batch_size']}")
       compute["train_steps"] += ul2["train_steps"]
@@ -671,9 +672,9 @@ class Testbed:
       letter_tokens = np.asarray([model.vocabulary.encode(c)[0] for c in
                                   synthetic.alphabet(language.num_letters)], np.int32)
       tokens = letter_tokens[letters]
-      log_q = np.asarray(jax.jit(model.teacher_log_probs)(
-          teacher, jnp.asarray(tokens), jnp.asarray(sites, jnp.int32),
-          jnp.full((num_sequences,), model.num_steps, jnp.int32)), np.float64)
+      teacher_fn = jax.jit(functools.partial(model.process.teacher_log_probs, model.denoiser))
+      log_q = np.asarray(teacher_fn(teacher, jnp.asarray(tokens),
+                                    jnp.asarray(sites, jnp.int32)), np.float64)
       rows = np.arange(num_sequences)
       truth = letters[rows, sites]
       exact = language.infill_log_probs(letters, sites)
@@ -709,7 +710,7 @@ class Testbed:
 
     model, teacher, language = self.run(files, bindings, entry)
     log_p = language.enumerate_log_probs(setup.seq_len)
-    allowed = np.flatnonzero(model.allowed_tokens)  # The values the chain can hold.
+    allowed = np.flatnonzero(model.denoiser.allowed_tokens)  # The values the chain can hold.
     num_values, length = len(allowed), setup.seq_len
     if num_values ** length > synthetic.MAX_ENUMERATION:
       raise ValueError(f"row {name}: {num_values} ** {length} states are too many to enumerate.")
@@ -722,7 +723,7 @@ class Testbed:
                                 synthetic.alphabet(language.num_letters)], np.int64)
     p_data = np.zeros(num_values ** length)
     p_data[state_index(value_of_token[letter_tokens[letters]], num_values)] = np.exp(log_p)
-    sites = model.schedule.sites()
+    sites = model.process.schedule.sites()
     marginals = oracle_forward_marginals(p_data, kernels, sites, num_values, length)
     with open(os.path.join(self.row_dir(setup.name, "prior"), "samples.jsonl"),
               encoding="utf-8") as f:
@@ -730,7 +731,7 @@ class Testbed:
     drafts = value_of_token[np.asarray(prior, np.int64)]
     if np.any(drafts < 0):
       raise ValueError(f"row {name}: a prior sample holds a token the chain cannot hold.")
-    rng = np.random.default_rng((0, model.schedule.num_rounds))
+    rng = np.random.default_rng((0, model.process.schedule.num_rounds))
     final, undefined = oracle_reverse_sample(rng, drafts, marginals, sites, num_values)
     self.log(f"{setup.name}/{name}: {len(sites)} exact reverse steps on {len(final)} drafts "
              f"({undefined} undefined)")
@@ -738,7 +739,7 @@ class Testbed:
     records = [{"token_ids": t.tolist(), "causal_draft_ids": p,
                 "sites_changed": int(np.sum(np.asarray(p) != t)),
                 "settings": {"mode": "oracle", "source": row.source,
-                             "num_rounds": model.schedule.num_rounds}}
+                             "num_rounds": model.process.schedule.num_rounds}}
                for t, p in zip(tokens, prior)]
     summaries.write_jsonl(os.path.join(directory, "samples.jsonl"), records)
     p_end = marginals[-1]
@@ -802,7 +803,7 @@ class Testbed:
     site and context, in a few batched teacher calls (float64, renormalised over ``allowed``)."""
     num_values = len(allowed)
     contexts = all_states(num_values, length - 1)
-    teacher_fn = jax.jit(model.teacher_log_probs)
+    teacher_fn = jax.jit(functools.partial(model.process.teacher_log_probs, model.denoiser))
     kernels = []
     for site in range(length):
       values = np.insert(contexts, site, 0, axis=1)  # Site k holds any value: it is masked.
@@ -812,8 +813,7 @@ class Testbed:
         chunk = tokens[begin:begin + batch_size]
         padded = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk), 0)])
         n = len(padded)
-        log_q = teacher_fn(teacher, jnp.asarray(padded), jnp.full((n,), site, jnp.int32),
-                           jnp.full((n,), model.num_steps, jnp.int32))
+        log_q = teacher_fn(teacher, jnp.asarray(padded), jnp.full((n,), site, jnp.int32))
         rows.append(np.asarray(log_q, np.float64)[:len(chunk)][:, allowed])
       q = np.exp(np.concatenate(rows))
       kernels.append(q / q.sum(-1, keepdims=True))

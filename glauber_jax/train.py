@@ -209,4 +209,7 @@ def main(argv: Sequence[str]) -> None:
     raise SystemExit("give at least one --gin_file (e.g. --gin_file=gin/ul2_tiny.gin).")
   summaries.configure_logging()
   partitioning.maybe_initialize_distributed(multihost)
+  # The tasks gin names (MIXTURE_OR_TASK_NAME) register on import; the command line imports
+  # them, the library never does.
+  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   gin_utils.run_configured(gin_files, bindings, train)

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from glauber_jax import network
+from glauber_jax import denoiser_networks, models, network
+from glauber_jax.processes import absorbing_process, glauber_process
 
 TINY_NETWORK = network.NetworkConfig(
     vocab_size=64, d_model=32, num_heads=4, head_dim=8, d_ff=48, num_encoder_layers=2,
@@ -49,3 +50,19 @@ class SyntheticBatches:
   def input_shapes(self) -> dict[str, tuple[int, int]]:
     batch = next(SyntheticBatches(self.batch_size, self.inputs_length, self.targets_length))
     return {name: value.shape for name, value in batch.items()}
+
+
+def glauber_dit(network_config: Any, vocabulary: Any, seq_len: int,
+                text_includes_eos: bool = True, **process_settings: Any
+                ) -> models.DiffusionModel:
+  """``models.DiffusionModel`` of the time-conditioned UL2 on the Glauber process."""
+  return models.DiffusionModel(
+      denoiser_networks.EncoderDecoderDenoiser(network_config, vocabulary, text_includes_eos),
+      glauber_process.GlauberProcess(seq_len, **process_settings))
+
+
+def mdlm(config: Any, vocabulary: Any, seq_len: int, **process_settings: Any
+         ) -> models.DiffusionModel:
+  """``models.DiffusionModel`` of a bidirectional single stack on the absorbing process."""
+  return models.DiffusionModel(denoiser_networks.SingleStackDenoiser(config, vocabulary),
+                               absorbing_process.AbsorbingProcess(seq_len, **process_settings))

@@ -1,5 +1,6 @@
-"""The baselines: the single stack (masks, KV cache), the causal LM, and MDLM on an exactly
-enumerable toy (the bound and the sampler against the true distribution)."""
+"""The baselines: the single stack (masks, KV cache), the causal LM, and MDLM (the absorbing
+process on a single stack) on an exactly enumerable toy (the bound and the sampler against the
+true distribution)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glauber_jax import (baselines, optimizers, partitioning, single_stack, trainer,
+from glauber_jax import (baselines, models, optimizers, partitioning, single_stack, trainer,
                          vocabularies)
 from glauber_jax.processes import absorbing
+
+import helpers
 
 SEQ_LEN = 8
 VOCAB = vocabularies.ByteVocabulary()
@@ -33,7 +36,7 @@ def init(module: single_stack.SingleStack, tokens: jax.Array, time: jax.Array | 
   return nn.meta.unbox(module.init(jax.random.PRNGKey(0), tokens, time)["params"])
 
 
-def model_params(model: baselines.CausalLMModel | baselines.MDLMModel) -> dict:
+def model_params(model: models.BaseModel) -> dict:
   shapes = model.input_shapes(2, {"targets": SEQ_LEN})
   return nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"])
 
@@ -133,7 +136,7 @@ def pattern_batch(batch: int, seed: int) -> dict[str, jax.Array]:
 @pytest.mark.parametrize("kind", ["causal_lm", "mdlm"])
 def test_loss_falls_on_a_learnable_pattern(kind: str) -> None:
   model = (baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN) if kind == "causal_lm"
-           else baselines.MDLMModel(BIDIRECTIONAL, VOCAB, SEQ_LEN, num_steps=8))
+           else helpers.mdlm(BIDIRECTIONAL, VOCAB, SEQ_LEN, num_steps=8))
   tiny = trainer.Trainer(model=model, partitioner=partitioning.Partitioner(mesh_shape=(1, 1, 1)),
                          learning_rate_fn=optimizers.learning_rate_schedule(
                              peak_learning_rate=1e-2, warmup_steps=1, total_steps=100),
@@ -186,8 +189,8 @@ def quadrature_nelbo(logits_fn) -> np.ndarray:
       masked = jnp.broadcast_to(jnp.asarray(pattern), tokens.shape)
       noisy = jnp.where(masked, TOY_MASK, tokens)
       t_batch = jnp.full((len(tokens),), t, jnp.float32)
-      terms = absorbing.nelbo_terms(
-          absorbing.subs_log_probs(logits_fn(noisy, t_batch), TOY_MASK), tokens, masked, t_batch)
+      terms = absorbing.nelbo_terms(absorbing.subs_log_probs(logits_fn(noisy, t_batch), TOY_MASK),
+                                    tokens, masked, t_batch[:, None])
       probability = t ** pattern.sum() * (1 - t) ** (2 - pattern.sum())
       total += w * probability * np.asarray(terms)
   return total
@@ -229,8 +232,8 @@ def test_mdlm_sampler_on_the_toy_reproduces_the_data_distribution() -> None:
 
 
 def test_mdlm_model_sampling_scoring_and_loss() -> None:
-  model = baselines.MDLMModel(BIDIRECTIONAL, VOCAB, SEQ_LEN, num_steps=6)
-  assert model.mask_id == VOCAB.sentinel_id(0)
+  model = helpers.mdlm(BIDIRECTIONAL, VOCAB, SEQ_LEN, num_steps=6)
+  assert model.denoiser.special_ids.mask == VOCAB.sentinel_id(0)
   params = model_params(model)
   prefix = jnp.broadcast_to(jnp.asarray(VOCAB.encode("To")), (3, 2))
   draws = model.sample(params, jax.random.PRNGKey(0), 3, prefix).final
@@ -239,27 +242,33 @@ def test_mdlm_model_sampling_scoring_and_loss() -> None:
   np.testing.assert_array_equal(np.asarray(draws[:, :2]), np.asarray(prefix))
   assert draws.shape == (3, SEQ_LEN)
   assert not VOCAB.special_token_mask()[np.asarray(draws)].any()
-  other = model.generate(params, jax.random.PRNGKey(1), 3, prefix, num_steps=3, top_k=5)
+  other = model.sample(params, jax.random.PRNGKey(1), 3, prefix, num_steps=3, top_k=5).final
   assert (np.asarray(other) != np.asarray(draws)).any()
   tokens = {"targets": jnp.asarray(text_tokens(4))}
   bound = np.asarray(model.score_batch(params, tokens))  # One draw: 0 when nothing is masked.
   assert bound.shape == (4,) and np.isfinite(bound).all() and (bound <= 0).all()
   np.testing.assert_array_equal(
       bound, model.likelihood_bound(params, tokens["targets"], jax.random.PRNGKey(0)))
-  averaged = np.asarray(model.elbo(params, tokens["targets"], jax.random.PRNGKey(0), 8))
+  averaged = np.asarray(model.process.elbo(model.denoiser, params, tokens["targets"],
+                                           jax.random.PRNGKey(0), 8))
   assert np.isfinite(averaged).all() and (averaged < 0).all()
-  loss, sums = model.loss_fn(params, tokens, jax.random.PRNGKey(2))
+  batch, _ = model.prepare_batch(params, None, tokens, jnp.zeros((), jnp.int32),
+                                 jax.random.PRNGKey(2))
+  loss, sums = model.loss_fn(params, batch, None)
   assert float(sums["weight_sum"]) == 4 * SEQ_LEN
   assert 0 < float(sums["masked_sum"]) <= 4 * SEQ_LEN and np.isfinite(float(loss))
+  assert model.checkpoint_metadata() == {"process": "absorbing", "num_steps": 6}
 
 
 def test_bad_configs_are_named() -> None:
   with pytest.raises(ValueError, match="causal = True"):
     baselines.CausalLMModel(BIDIRECTIONAL, VOCAB, SEQ_LEN)
   with pytest.raises(ValueError, match="causal = False"):
-    baselines.MDLMModel(CONFIG, VOCAB, SEQ_LEN)
+    helpers.mdlm(CONFIG, VOCAB, SEQ_LEN)
   with pytest.raises(ValueError, match="vocab_size"):
-    baselines.MDLMModel(dataclasses.replace(BIDIRECTIONAL, vocab_size=512), VOCAB, SEQ_LEN)
+    helpers.mdlm(dataclasses.replace(BIDIRECTIONAL, vocab_size=512), VOCAB, SEQ_LEN)
+  with pytest.raises(ValueError, match="max_length"):
+    helpers.mdlm(BIDIRECTIONAL, VOCAB, SEQ_LEN + 1)
   with pytest.raises(ValueError, match="max_length"):
     baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN + 1)
   with pytest.raises(ValueError, match="TASK_FEATURE_LENGTHS"):
@@ -268,6 +277,6 @@ def test_bad_configs_are_named() -> None:
     model = baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN)
     model.sample(model_params(model), jax.random.PRNGKey(0), 2, num_rounds=1)
   with pytest.raises(ValueError, match="num_steps must be >= 1"):
-    baselines.MDLMModel(BIDIRECTIONAL, VOCAB, SEQ_LEN).sampler_options({"num_steps": 0})
+    helpers.mdlm(BIDIRECTIONAL, VOCAB, SEQ_LEN).sampler_options({"num_steps": 0})
   with pytest.raises(ValueError, match="num_layers"):
     single_stack.SingleStackConfig(num_layers=0)

@@ -106,7 +106,7 @@ def test_quickstart_pipeline_trains_converts_and_samples(tmp_path: pathlib.Path)
   assert record["sequences"] == 2 and 1.0 < record["perplexity_upper_bound"] < float("inf")
   # The checkpoint's permutations are checked against the configuration, on inference and on
   # resume.
-  reordered = "--gin.GlauberDiffusionModel.permutation_seed=7"
+  reordered = "--gin.GlauberProcess.permutation_seed=7"
   mismatch = run(cli("glauber_jax.infer", "--gin_file=gin/ul2_tiny_glauber.gin",
                      f"--checkpoint={glauber_dir}", reordered))
   assert mismatch.returncode != 0 and "permutation_seed" in mismatch.stderr

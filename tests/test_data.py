@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from glauber_jax import data, vocabularies
+from glauber_jax.data import __main__ as data_cli, cache, export
 import tasks  # noqa: F401  Registers the tasks named below.
 from tasks import puzzles
 
@@ -143,15 +144,15 @@ def test_chunk_cache_is_reused_and_sharded_on_disk(tmp_path: pathlib.Path) -> No
   try:
     task = data.get_task("toy_lm")
     calls = SOURCE_CALLS.get("validation", 0)
-    whole = data.tokenized_chunks(task, "validation", 8)
+    whole = cache.tokenized_chunks(task, "validation", 8)
     assert SOURCE_CALLS["validation"] == calls + 1
     assert whole.directory.startswith(str(tmp_path / "cache"))
-    again = data.tokenized_chunks(task, "validation", 8)
+    again = cache.tokenized_chunks(task, "validation", 8)
     assert SOURCE_CALLS["validation"] == calls + 1  # Read from the cache, not the source.
     assert not [p for p in os.listdir(os.path.dirname(whole.directory)) if ".tmp-" in p]
-    sharded = data.tokenized_chunks(task, "validation", 8, tokens_per_shard=50)
+    sharded = cache.tokenized_chunks(task, "validation", 8, tokens_per_shard=50)
     assert len(sharded) == len(whole) == len(again) and len(whole._shards) == 1
-    other_length = data.tokenized_chunks(task, "validation", 9)
+    other_length = cache.tokenized_chunks(task, "validation", 9)
     assert other_length.directory != whole.directory
     assert len(os.listdir(other_length.directory)) == 2  # One shard and the index.
   finally:
@@ -161,9 +162,9 @@ def test_chunk_cache_is_reused_and_sharded_on_disk(tmp_path: pathlib.Path) -> No
 def test_streaming_shards_hold_the_same_chunks(tmp_path: pathlib.Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
   monkeypatch.setenv("GLAUBER_JAX_CACHE", str(tmp_path / "a"))
-  whole = data.tokenized_chunks(data.get_task("toy_lm"), "train", 8)
+  whole = cache.tokenized_chunks(data.get_task("toy_lm"), "train", 8)
   monkeypatch.setenv("GLAUBER_JAX_CACHE", str(tmp_path / "b"))
-  sharded = data.tokenized_chunks(data.get_task("toy_lm"), "train", 8, tokens_per_shard=100)
+  sharded = cache.tokenized_chunks(data.get_task("toy_lm"), "train", 8, tokens_per_shard=100)
   assert len(sharded._shards) > 5 and len(sharded) == len(whole)
   for i in range(len(whole)):
     np.testing.assert_array_equal(sharded[i], whole[i])
@@ -189,7 +190,7 @@ def test_mixtures_draw_by_rate_deterministically_and_resume() -> None:
 def test_export_then_load_gives_the_same_batches(tmp_path: pathlib.Path) -> None:
   out = data.export_task("toy_ul2", "train", UL2_LENGTHS, str(tmp_path / "export"), seed=5,
                          num_epochs=3, examples_per_shard=7)
-  manifest = json.loads((tmp_path / "export" / data.MANIFEST).read_text())
+  manifest = json.loads((tmp_path / "export" / export.MANIFEST).read_text())
   size = data.get_batch_iterator("toy_ul2", "train", UL2_LENGTHS, 1, seed=5).source.size
   assert manifest["epochs"] == [size] * 3 and manifest["skipped"] == 0
   assert manifest["vocabulary"] == vocabularies.ByteVocabulary().fingerprint()
@@ -348,20 +349,21 @@ def test_sudoku_lm_chunks_are_whole_puzzle_solution_documents() -> None:
 
 def test_command_line_lists_and_exports(tmp_path: pathlib.Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-  data.main(["list"])
+  data_cli.main(["list"])
   listed = capsys.readouterr().out
   for name in ("shakespeare_ul2", "shakespeare_lm", "openwebtext_lm", "sudoku", "english_lm"):
     assert name in listed
   try:
-    data.main(["export", "--task=toy_lm", "--split=test", "--lengths=targets:16",
-               f"--output_dir={tmp_path / 'cli'}", "--num_examples=6", "--seed=2",
-               "--gin.cache_directory.path='" + str(tmp_path / "cli_cache") + "'"])
+    data_cli.main(["export", "--task=toy_lm", "--split=test", "--lengths=targets:16",
+                   f"--output_dir={tmp_path / 'cli'}", "--num_examples=6", "--seed=2",
+                   "--gin.cache_directory.path='" + str(tmp_path / "cli_cache") + "'"])
   finally:
     gin.clear_config()
-  manifest = json.loads((tmp_path / "cli" / data.MANIFEST).read_text())
+  manifest = json.loads((tmp_path / "cli" / export.MANIFEST).read_text())
   assert manifest["lengths"] == {"targets": 16} and manifest["seed"] == 2
   assert sum(manifest["epochs"]) == 6
   assert (tmp_path / "cli_cache" / "tokens").is_dir()
   with pytest.raises(SystemExit, match="--lengths"):
-    data.main(["export", "--task=toy_lm", "--lengths=targets=16", f"--output_dir={tmp_path}"])
+    data_cli.main(["export", "--task=toy_lm", "--lengths=targets=16",
+                   f"--output_dir={tmp_path}"])
   assert not gin.config_is_locked()

@@ -41,7 +41,7 @@ def fresh_gin() -> Iterator[None]:
 
 def write_samples(path: pathlib.Path, texts: list[str], mode: str, num_rounds: int) -> str:
   """A samples file shaped like ``infer``'s output."""
-  settings = {"mode": mode, "model": "GlauberDiffusionModel", "num_rounds": num_rounds,
+  settings = {"mode": mode, "model": "DiffusionModel(glauber)", "num_rounds": num_rounds,
               "seq_len": 64, "temperature": 1.0}
   with open(path, "w", encoding="utf-8") as f:
     for text in texts:

@@ -6,10 +6,10 @@ with ``L = 3`` sites and ``N = 2`` rounds (``T = 6``), written in ``LetterVocabu
 chain's states are the ``A ** L`` sequences over its token ids (``A`` = 3 letters, or 4 when
 the teacher is the model itself, which may also draw EOS); ``ExactChain`` computes by
 enumeration the forward marginals ``p_t`` (``t = 0..T``, ``p_0`` the language, the site order
-``model.schedule.sites()``) and the reverse conditionals ``p_{t-1}(x_k = . | x_{t,-k})``.
+``model.process.schedule.sites()``) and the reverse conditionals ``p_{t-1}(x_k = . | x_{t,-k})``.
 
-- ``model.sample`` (CAUSAL-GEN draft, then the compiled reverse sweep) with an exact prior
-  ``p_T`` and exact reverse conditionals in place of the network reproduces ``p_0``.
+- (``test_process_contract.py`` samples the same toy through ``models.DiffusionModel`` with an
+  exact prior ``p_T`` and exact reverse conditionals as the denoiser, and reproduces ``p_0``.)
 - ``trainer.Trainer`` training a tiny DiT with the ``ce`` loss on the chain buffer reaches the
   exact optimum of the expected reverse cross entropy under its frozen teacher.
 """
@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glauber_jax import (glauber_model, network, optimizers, partitioning, synthetic, trainer,
+from glauber_jax import (models, network, optimizers, partitioning, synthetic, trainer,
                          vocabularies)
 from test_glauber_model import make_model
 from test_glauber_toy import tv
@@ -45,7 +45,7 @@ NETWORK = network.NetworkConfig(
 
 
 def toy_model(readout: str = "decoder", **overrides: object
-              ) -> glauber_model.GlauberDiffusionModel:
+              ) -> models.DiffusionModel:
   """A tiny DiT over the toy's letters: only the reverse kernel trains (``ce``, no prior loss,
   no teacher refresh)."""
   settings = dict(network_config=dataclasses.replace(NETWORK, infill_readout=readout),
@@ -161,53 +161,6 @@ def expected_sampling_tv(p: np.ndarray, count: int, seed: int = 0, draws: int = 
   return float(np.mean([tv(rng.multinomial(count, p) / count, p) for _ in range(draws)]))
 
 
-def test_sample_with_exact_prior_and_reverse_kernel_reproduces_the_language(
-    monkeypatch: pytest.MonkeyPatch) -> None:
-  """``model.sample`` with ``causal_gen`` an exact ``p_T`` sampler and ``infill_log_probs`` the
-  exact reverse conditional at the time it is given: the drafts follow ``p_T`` and the samples
-  ``p_0``, each to within 1.5 times the expected TV of an iid sample of that size (+ 0.005).
-
-  The teacher is a random table over the letters (27 states; TV(p_T, p_0) = 0.67). Measured
-  with 20,000 sequences: draft TV 0.013 (bound 0.023), final TV 0.003 (bound 0.013), in
-  about 7 s. Calling the reverse conditionals at ``t - 1``, ``t + 1`` or always ``T``, or
-  sweeping the sites in reverse order, puts the final TV at 0.49-0.61.
-  """
-  model = toy_model()
-  token_ids = LETTER_IDS
-  rng = np.random.default_rng(0)
-  arity = len(token_ids)
-  raw = rng.dirichlet(np.ones(arity) * 0.5, size=(L, arity ** L))
-  # q(. | x_{-k}) must not depend on x_k: the table is keyed by x_{-k}.
-  teacher = np.stack([raw[k][neighbour_states(arity)[k, :, 0]] for k in range(L)])
-  chain = ExactChain(token_ids, model.schedule.sites(), language_distribution(token_ids),
-                     teacher)
-  assert tv(chain.marginals[-1], chain.marginals[0]) > 0.5  # The chain moves far from data.
-  p = chain.marginals[-1]
-  for t in range(T, 0, -1):  # The enumeration itself: exact reverse kernels carry p_T to p_0.
-    p = chain.reverse_step(p, t)
-  assert tv(p, chain.marginals[0]) < 1e-12
-
-  def exact_prior(params: dict, rng: Array, batch_size: int, prefix: Optional[Array] = None,
-                  *settings: object) -> Array:
-    """CAUSAL-GEN's stand-in: exact draws from ``p_T`` (``sample``'s default settings)."""
-    assert prefix is None and settings == (1.0, 0, 1.0)  # Untempered, unfiltered, no prefix.
-    return chain.prior_sampler(rng, batch_size)
-
-  monkeypatch.setattr(model, "causal_gen", exact_prior)
-  monkeypatch.setattr(model, "infill_log_probs", lambda params, tokens, sites, times:
-                      chain.reverse_log_probs(tokens, sites, times))
-  count = 20_000
-  draft, final = model.sample({}, jax.random.PRNGKey(0), count)
-  draft_tv, final_tv = tv(chain.empirical(draft), chain.marginals[-1]), tv(
-      chain.empirical(final), chain.marginals[0])
-  draft_bound = 1.5 * expected_sampling_tv(chain.marginals[-1], count) + 0.005
-  final_bound = 1.5 * expected_sampling_tv(chain.marginals[0], count) + 0.005
-  print(f"draft TV {draft_tv:.4f} (bound {draft_bound:.4f}), final TV {final_tv:.4f} "
-        f"(bound {final_bound:.4f})")
-  assert draft_tv < draft_bound
-  assert final_tv < final_bound
-
-
 def step_grid(states: np.ndarray, sites: np.ndarray) -> tuple[Array, Array, Array]:
   """Every state at every step: ``(tokens [T * S, L], sites [T * S], times [T * S])``, step
   ``t``'s rows ``(t - 1) * S .. t * S - 1`` with site ``sites[t - 1]``."""
@@ -216,27 +169,27 @@ def step_grid(states: np.ndarray, sites: np.ndarray) -> tuple[Array, Array, Arra
           jnp.asarray(times))
 
 
-def model_tables(model: glauber_model.GlauberDiffusionModel
+def model_tables(model: models.DiffusionModel
                  ) -> Callable[[dict], tuple[np.ndarray, np.ndarray]]:
   """``params -> (infill, teacher)``: ``model.infill_log_probs`` and ``model.teacher_log_probs``
   on the ``step_grid`` of every state over the model's allowed ids, ``[T * S, V]`` float64
   each (one compiled program for both)."""
-  token_ids = np.flatnonzero(model.allowed_tokens)
-  grid = step_grid(token_ids[all_digits(len(token_ids))], model.schedule.sites())
+  token_ids = np.flatnonzero(model.denoiser.allowed_tokens)
+  grid = step_grid(token_ids[all_digits(len(token_ids))], model.process.schedule.sites())
   both = jax.jit(lambda params, tokens, sites, times: (
-      model.infill_log_probs(params, tokens, sites, times),
-      model.teacher_log_probs(params, tokens, sites, times)))
+      model.process.infill_log_probs(model.denoiser, params, tokens, sites, times),
+      model.process.teacher_log_probs(model.denoiser, params, tokens, sites, times)))
   return lambda params: tuple(np.asarray(x, np.float64) for x in both(params, *grid))
 
 
-def teacher_table(model: glauber_model.GlauberDiffusionModel, teacher: np.ndarray
+def teacher_table(model: models.DiffusionModel, teacher: np.ndarray
                   ) -> np.ndarray:
   """The forward kernel ``[L, S, A]`` over the allowed ids from ``teacher_log_probs`` on the
   ``step_grid`` (``[T * S, V]``), which must put all its mass on them."""
-  token_ids = np.flatnonzero(model.allowed_tokens)
+  token_ids = np.flatnonzero(model.denoiser.allowed_tokens)
   q = np.exp(teacher.reshape(T, -1, teacher.shape[-1]))
   np.testing.assert_allclose(q[..., token_ids].sum(-1), 1.0, atol=1e-5)
-  first_step = [int(np.flatnonzero(model.schedule.sites() == k)[0]) for k in range(L)]
+  first_step = [int(np.flatnonzero(model.process.schedule.sites() == k)[0]) for k in range(L)]
   q = q[first_step][..., token_ids]  # The teacher ignores the time: any step of site k.
   return q / q.sum(-1, keepdims=True)
 
@@ -257,7 +210,7 @@ TRAIN_STEPS, TRAIN_BATCH = 600, 16 * T  # A multiple of T: the buffer's times ar
 TRAINED_TOLERANCE = 0.03  # nats above the optimum; measured 0.004-0.009 (see the test).
 
 
-def adafactor_trainer(model: glauber_model.GlauberDiffusionModel, steps: int) -> trainer.Trainer:
+def adafactor_trainer(model: models.DiffusionModel, steps: int) -> trainer.Trainer:
   """Adafactor at 1e-2 with a cosine decay to 1e-3 over ``steps``: on these tiny DiTs it learns
   much faster than AdamW."""
   return trainer.Trainer(
@@ -288,8 +241,8 @@ def test_trainer_reaches_the_exact_optimum_of_the_reverse_cross_entropy(readout:
                           {"targets": jnp.asarray(language_tokens(rng, TRAIN_BATCH))})
   tables = model_tables(model)
   _, teacher = tables(state.model_state["teacher"])
-  token_ids = np.flatnonzero(model.allowed_tokens)
-  chain = ExactChain(token_ids, model.schedule.sites(), language_distribution(token_ids),
+  token_ids = np.flatnonzero(model.denoiser.allowed_tokens)
+  chain = ExactChain(token_ids, model.process.schedule.sites(), language_distribution(token_ids),
                      teacher_table(model, teacher))
   optimum = expected_reverse_cross_entropy(
       chain, np.asarray(chain.reverse_log_probs(*step_grid(chain.states, chain.sites))))

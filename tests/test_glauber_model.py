@@ -4,6 +4,7 @@ teacher refresh, the compiled sampler and the likelihood bound."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -15,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glauber_jax import (checkpoints, denoisers, glauber_model, network, optimizers, partitioning,
-                         trainer, vocabularies)
-from glauber_jax.processes import glauber
+from glauber_jax import (checkpoints, denoisers, infer, models, network, optimizers,
+                         partitioning, synthetic, trainer, vocabularies)
+from glauber_jax.processes import glauber, glauber_process
+
+import helpers
 
 SEQ_LEN = 8
 VOCAB = vocabularies.ByteVocabulary()
@@ -27,14 +30,15 @@ NETWORK = network.NetworkConfig(
     max_decoder_length=SEQ_LEN, time_conditioning=True, time_embed_dim=16)
 
 
-def make_model(**overrides: object) -> glauber_model.GlauberDiffusionModel:
+def make_model(**overrides: object) -> models.DiffusionModel:
+  """The tiny Glauber DiT; ``overrides`` are ``helpers.glauber_dit``'s arguments."""
   settings = dict(network_config=NETWORK, vocabulary=VOCAB, seq_len=SEQ_LEN, num_rounds=2,
                   teacher_refresh_steps=3)
   settings.update(overrides)
-  return glauber_model.GlauberDiffusionModel(**settings)
+  return helpers.glauber_dit(**settings)
 
 
-def init_params(model: glauber_model.GlauberDiffusionModel, seed: int = 0) -> dict:
+def init_params(model: models.DiffusionModel, seed: int = 0) -> dict:
   shapes = model.input_shapes(4, {"targets": SEQ_LEN})
   return nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(seed), shapes)["params"])
 
@@ -57,8 +61,8 @@ def test_dit_equals_source_ul2_at_every_time() -> None:
   dit_params = checkpoints.merge_params(init_params(model, seed=2), source_params)
   expected = source.apply({"params": source_params}, features["encoder_input_tokens"],
                           features["decoder_input_tokens"])
-  for t in (1, SEQ_LEN, model.num_steps):
-    got = model.module.apply({"params": dit_params}, features["encoder_input_tokens"],
+  for t in (1, SEQ_LEN, model.process.num_steps):
+    got = model.denoiser.module.apply({"params": dit_params}, features["encoder_input_tokens"],
                              features["decoder_input_tokens"], jnp.full((3,), t, jnp.float32))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
   # Only the time parameters are new, and the model says so.
@@ -91,14 +95,14 @@ def test_added_parameter_fraction_of_ul2_medium() -> None:
 def test_mask_infill_is_the_r_denoiser_format() -> None:
   model = make_model()
   tokens = jnp.asarray(text_batch(2))
-  features = denoisers.mask_infill(tokens, jnp.array([2, 5]), model.special_ids, xp=jnp)
+  features = denoisers.mask_infill(tokens, jnp.array([2, 5]), model.denoiser.special_ids, xp=jnp)
   encoder = np.asarray(features["encoder_input_tokens"])
   assert encoder.shape == (2, SEQ_LEN + 2)
   assert (encoder[:, 0] == VOCAB.mode_id("[NLU]")).all() and (encoder[:, -1] == VOCAB.eos_id).all()
   assert encoder[0, 3] == VOCAB.sentinel_id(0) and encoder[1, 6] == VOCAB.sentinel_id(0)
 
 
-def _tiny_trainer(model: glauber_model.GlauberDiffusionModel) -> trainer.Trainer:
+def _tiny_trainer(model: models.DiffusionModel) -> trainer.Trainer:
   return trainer.Trainer(model=model, partitioner=partitioning.Partitioner(mesh_shape=(1, 1, 1)),
                          learning_rate_fn=optimizers.learning_rate_schedule(
                              peak_learning_rate=1e-2, warmup_steps=1, total_steps=100),
@@ -114,13 +118,13 @@ def test_training_steps_chains_and_teacher_refresh(mode: str) -> None:
   state = tiny.initialize(shapes, first)
   if mode == "buffer":  # Warm-up spreads the chains over 0..T-1.
     np.testing.assert_array_equal(np.asarray(state.model_state["chains"].steps),
-                                  glauber.staggered_targets(4, model.num_steps))
+                                  glauber.staggered_targets(4, model.process.num_steps))
   for step in range(1, 4):
     state, metrics = tiny.train_step(state, {"targets": jnp.asarray(text_batch(4, seed=step))})
     assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) >= 0.0
     if mode == "buffer":
       steps = np.asarray(state.model_state["chains"].steps)
-      assert ((steps >= 0) & (steps < model.num_steps)).all()
+      assert ((steps >= 0) & (steps < model.process.num_steps)).all()
   # teacher_refresh_steps = 3: the step taken at step 3 first copies the student to the teacher.
   params_at_refresh = jax.tree.map(np.asarray, state.params)
   state, _ = tiny.train_step(state, {"targets": jnp.asarray(text_batch(4, seed=9))})
@@ -133,12 +137,12 @@ def test_chain_tokens_stay_in_text_space() -> None:
   model = make_model()
   params = init_params(model)
   data = jnp.asarray(text_batch(4))
-  sites = jnp.asarray(model.schedule.sites())
+  sites = jnp.asarray(model.process.schedule.sites())
   chains = glauber.warm_up_chains(
       jax.random.PRNGKey(0), data, sites,
-      lambda x, s, t: model.teacher_log_probs(params, x, s, t),
-      jnp.full((4,), model.num_steps - 1, jnp.int32))
-  assert model.allowed_tokens[np.asarray(chains.tokens)].all()
+      lambda x, s, t: model.process.teacher_log_probs(model.denoiser, params, x, s, t),
+      jnp.full((4,), model.process.num_steps - 1, jnp.int32))
+  assert model.denoiser.allowed_tokens[np.asarray(chains.tokens)].all()
 
 
 def test_sampler_compiled_prefix_frozen_and_deterministic() -> None:
@@ -151,9 +155,10 @@ def test_sampler_compiled_prefix_frozen_and_deterministic() -> None:
   np.testing.assert_array_equal(draft, draft2)
   assert final.shape == (3, SEQ_LEN)
   np.testing.assert_array_equal(np.asarray(final[:, :2]), np.asarray(prefix))
-  assert model.allowed_tokens[np.asarray(final)].all()
-  assert model.allowed_tokens[np.asarray(draft)].all()
-  assert (~model.allowed_tokens).sum() == VOCAB.special_token_mask().sum() - 1  # EOS allowed.
+  assert model.denoiser.allowed_tokens[np.asarray(final)].all()
+  assert model.denoiser.allowed_tokens[np.asarray(draft)].all()
+  # EOS allowed.
+  assert (~model.denoiser.allowed_tokens).sum() == VOCAB.special_token_mask().sum() - 1
   assert (np.asarray(draft) != np.asarray(final)).any()  # A random network edits the draft.
   compiled = model.sample_with._cache_size()  # pylint: disable=protected-access
   model.sample(params, jax.random.PRNGKey(7), 3, prefix + 1)  # New batch: no recompilation.
@@ -163,7 +168,8 @@ def test_sampler_compiled_prefix_frozen_and_deterministic() -> None:
   np.testing.assert_array_equal(causal_draft, causal_final)
   np.testing.assert_array_equal(causal_draft, draft)  # Same causal key: same draft.
   options = model.sampler_options({})
-  assert options.num_rounds == model.schedule.num_rounds  # The default resolved: trained N.
+  # The default resolved: the trained N.
+  assert options.num_rounds == model.process.schedule.num_rounds
   assert model.draft_options(options).num_rounds == 0
 
 
@@ -172,7 +178,7 @@ def test_sampler_options_are_checked() -> None:
   with pytest.raises(ValueError, match=r"no option \['num_steps'\].*num_rounds"):
     model.sampler_options({"num_steps": 4})
   with pytest.raises(ValueError, match="num_rounds must be in"):
-    model.sampler_options({"num_rounds": model.schedule.num_rounds + 1})
+    model.sampler_options({"num_rounds": model.process.schedule.num_rounds + 1})
 
 
 def test_checkpoint_permutations_must_match_the_configuration() -> None:
@@ -220,11 +226,15 @@ def test_encoder_readout_chain_health_and_prior_loss() -> None:
   params = init_params(model)
   data = jnp.asarray(text_batch(4))
   sites = jnp.asarray([0, 3, 5, 7])
-  log_probs = model.infill_log_probs(params, data, sites, jnp.full((4,), 2))
-  decoder_view = make_model(loss="ce").infill_log_probs(params, data, sites, jnp.full((4,), 2))
+  log_probs = model.process.infill_log_probs(model.denoiser, params, data, sites,
+                                             jnp.full((4,), 2))
+  decoder_model = make_model(loss="ce")
+  decoder_view = decoder_model.process.infill_log_probs(decoder_model.denoiser, params, data,
+                                                        sites, jnp.full((4,), 2))
   assert log_probs.shape == (4, VOCAB.vocab_size)
   assert not np.allclose(np.asarray(log_probs), np.asarray(decoder_view))
-  health = model.chain_health(params, params, data, jax.random.PRNGKey(0))
+  health = model.process.chain_health(model.denoiser, params, params, data,
+                                      jax.random.PRNGKey(0))
   assert all(np.isfinite(float(v)) for v in health.values())
   assert 0.0 <= float(health["sweep_changed_fraction"]) <= 1.0
   tiny = _tiny_trainer(model)
@@ -256,12 +266,13 @@ def test_ce_all_sites_trains_every_site_of_the_previous_state() -> None:
   params = init_params(model)
   previous = jnp.asarray(text_batch(4, seed=3))
   times = jnp.asarray([1, 4, 9, 16])
-  every_site = model.cloze_logits(params, previous, times)
+  every_site = model.denoiser.cloze_logits(params, previous, times)
   for site in range(SEQ_LEN):
     sites = jnp.full((4,), site)
-    np.testing.assert_allclose(np.asarray(every_site[:, site]),
-                               np.asarray(model.infill_logits(params, previous, sites, times)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(every_site[:, site]),
+        np.asarray(model.denoiser.infill_logits(params, previous, sites, times)),
+        rtol=1e-5, atol=1e-5)
   sites = jnp.asarray([0, 3, 5, 7])
   current_values = (glauber.get_sites(previous, sites) + 1).astype(jnp.int32)
   batch = {"tokens": glauber.set_sites(previous, sites, current_values), "sites": sites,
@@ -271,7 +282,8 @@ def test_ce_all_sites_trains_every_site_of_the_previous_state() -> None:
   loss, metrics = model.loss_fn(params, batch, None)
   site_nll = np.stack([
       -np.asarray(glauber.get_sites(
-          model.infill_log_probs(params, previous, jnp.full((4,), k), times),
+          model.process.infill_log_probs(model.denoiser, params, previous, jnp.full((4,), k),
+                                         times),
           previous[:, k]))
       for k in range(SEQ_LEN)], axis=1)
   np.testing.assert_allclose(float(loss), site_nll.mean(axis=1).sum(), rtol=1e-5)
@@ -285,11 +297,13 @@ def test_eos_is_drawn_only_where_it_is_text() -> None:
   """Without EOS in the text no draw writes it: the forward kernel, the infill and the prior."""
   model = make_model(text_includes_eos=False)
   params = init_params(model)
-  assert make_model().allowed_tokens[VOCAB.eos_id] and not model.allowed_tokens[VOCAB.eos_id]
+  assert make_model().denoiser.allowed_tokens[VOCAB.eos_id]
+  assert not model.denoiser.allowed_tokens[VOCAB.eos_id]
   data = jnp.asarray(text_batch(4))
   sites = jnp.arange(4)
-  for log_probs in (model.infill_log_probs(params, data, sites, sites + 1),
-                    model.teacher_log_probs(params, data, sites, sites + 1)):
+  for log_probs in (
+      model.process.infill_log_probs(model.denoiser, params, data, sites, sites + 1),
+      model.process.teacher_log_probs(model.denoiser, params, data, sites, sites + 1)):
     assert float(jnp.max(log_probs[:, VOCAB.eos_id])) == -np.inf
   draft, final = model.sample(params, jax.random.PRNGKey(0), 4)
   assert not bool(jnp.any(draft == VOCAB.eos_id)) and not bool(jnp.any(final == VOCAB.eos_id))
@@ -300,7 +314,7 @@ def test_context_blind_teacher_is_refused_unless_allowed(monkeypatch) -> None:
   params = init_params(model)
   blind = {"teacher_infill_nll": 5.0, "prior_nll": 4.0, "batch_unigram_entropy": 5.0,
            "sweep_changed_fraction": 0.99, "chain_end_prior_nll": 7.0}
-  monkeypatch.setattr(glauber_model.GlauberDiffusionModel, "chain_health",
+  monkeypatch.setattr(glauber_process.GlauberProcess, "chain_health",
                       lambda self, *args: blind)
   batch = {"targets": jnp.asarray(text_batch(4))}
   with pytest.raises(ValueError, match="context-blind"):
@@ -310,7 +324,7 @@ def test_context_blind_teacher_is_refused_unless_allowed(monkeypatch) -> None:
                                          jax.random.PRNGKey(0))
   assert report == blind
   healthy = dict(blind, teacher_infill_nll=2.0)
-  monkeypatch.setattr(glauber_model.GlauberDiffusionModel, "chain_health",
+  monkeypatch.setattr(glauber_process.GlauberProcess, "chain_health",
                       lambda self, *args: healthy)
   assert model.training_start_report(params, {"teacher": params}, batch,
                                      jax.random.PRNGKey(0)) == healthy
@@ -364,3 +378,31 @@ def test_sharded_glauber_training_equals_unsharded_on_8_fake_devices() -> None:
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=600)
   assert "SHARDED_OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_checkpoint_from_before_the_process_interface_restores_and_samples_the_same() -> None:
+  """``tests/fixtures/pre_process_interface_glauber`` was written by the code before the
+  ``Process`` interface (commit 4f35440, ``glauber_model.GlauberDiffusionModel``; two training
+  steps of a tiny DiT on 3 letters, ``L = 6``, ``N = 2``, permutation seed 3), with that code's
+  samples and bound. Today's model restores it through ``infer.load_inference_params`` (the
+  parameter paths, the teacher and the permutations in its metadata unchanged) and computes the
+  same samples, token for token, and the same bound."""
+  fixture = os.path.join(os.path.dirname(__file__), "fixtures", "pre_process_interface_glauber")
+  with open(os.path.join(fixture, "expected.json"), encoding="utf-8") as f:
+    expected = json.load(f)
+  letters = vocabularies.LetterVocabulary(synthetic.alphabet(3))
+  config = network.NetworkConfig(
+      vocab_size=letters.vocab_size, d_model=16, num_heads=2, head_dim=8, d_ff=32,
+      num_encoder_layers=1, num_decoder_layers=1, dtype="float32", max_encoder_length=8,
+      max_decoder_length=6, time_conditioning=True, time_embed_dim=8)
+  model = helpers.glauber_dit(config, letters, 6, num_rounds=2, permutation_seed=3)
+  params, inference_state = infer.load_inference_params(model, fixture, 3)
+  draft, final = model.sample(params, jax.random.PRNGKey(5), 3)
+  np.testing.assert_array_equal(np.asarray(draft), expected["draft"])
+  np.testing.assert_array_equal(np.asarray(final), expected["final"])
+  bound = model.likelihood_bound(params, jnp.asarray(expected["data"], jnp.int32),
+                                 jax.random.PRNGKey(6), inference_state)
+  np.testing.assert_allclose(np.asarray(bound), expected["bound"], rtol=1e-5)
+  with pytest.raises(ValueError, match="permutation_seed"):
+    infer.load_inference_params(
+        helpers.glauber_dit(config, letters, 6, num_rounds=2, permutation_seed=4), fixture, 3)

@@ -223,12 +223,12 @@ def test_mauve_gets_features_of_the_last_token(tmp_path: pathlib.Path,
 
 def test_puzzle_scores_on_a_generated_sudoku() -> None:
   examples = list(puzzles.build_examples("sudoku", "test", 2, seed=0, difficulty="easy"))
-  solved = metrics.puzzle_scores(examples, [e.solution for e in examples])
+  solved = metrics.puzzle_scores(examples, [e.solution for e in examples], puzzles)
   assert solved == {"exact_solve": 1.0, "cell_accuracy": 1.0, "num_examples": 2}
   blank = examples[0].puzzle.index("0")  # A cell the model must fill.
   wrong = examples[0].solution[blank] == "1" and "2" or "1"
   corrupted = examples[0].solution[:blank] + wrong + examples[0].solution[blank + 1:]
-  scores = metrics.puzzle_scores(examples, [corrupted, examples[1].solution])
+  scores = metrics.puzzle_scores(examples, [corrupted, examples[1].solution], puzzles)
   assert scores["exact_solve"] == 0.5 and 0.9 < scores["cell_accuracy"] < 1.0
 
 

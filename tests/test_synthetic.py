@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from glauber_jax import data, eval as eval_cli, metrics, synthetic, vocabularies
+from glauber_jax.data import cache as data_cache
 from glauber_jax.synthetic import HiddenMarkovLanguage
 import tasks  # noqa: F401  Registers the synthetic tasks.
 from tasks import registry
@@ -325,7 +326,7 @@ def test_ul2_chunks_join_sequences_without_eos(tmp_path: pathlib.Path,
   config = registry.synthetic_config("enum")
   task = data.get_task("synthetic_enum_ul2")
   assert not task.append_eos
-  chunks = data.tokenized_chunks(task, "validation", 2 * config.sequence_length)
+  chunks = data_cache.tokenized_chunks(task, "validation", 2 * config.sequence_length)
   pairs = (config.sequences("validation") + 3).reshape(-1, 2 * config.sequence_length)
   np.testing.assert_array_equal(np.stack([chunks[i] for i in range(len(chunks))]), pairs)
   # Feature lengths whose chunk is one sequence: inputs 16, targets L + 1.

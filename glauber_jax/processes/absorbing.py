@@ -12,8 +12,8 @@ and the ancestral sampler steps ``t -> s = t - 1/N`` on the grid ``t_k = k/N``: 
 is revealed with probability ``(t - s)/t = 1/k``, to a draw from ``x_theta``.
 
 Every function takes the denoiser as ``logits_fn(noisy [B, L], times [B]) -> [B, L, V]``, so a
-table stands in for the network in exact tests (``baselines.MDLMModel`` passes its single
-stack). Every draw goes through ``sampling.sample_categorical``.
+table stands in for the network in exact tests (``absorbing_process.AbsorbingProcess`` passes
+its denoiser's). Every draw goes through ``sampling.sample_categorical``.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ def stratified_times(rng: Array, batch: int, epsilon: float = 0.0) -> Array:
   return epsilon + (1.0 - epsilon) * (1.0 - fraction)
 
 
-def forward_mask(rng: Array, tokens: Array, times: Array, mask_id: int) -> tuple[Array, Array]:
+def forward_mask(rng: Array, tokens: Array, levels: Array, mask_id: int
+                 ) -> tuple[Array, Array]:
   """``z_t``: each token of ``tokens [B, L]`` replaced by ``mask_id`` with probability
-  ``times [B]``. Returns ``(noisy, masked)``."""
-  masked = sampling.coin_flips(rng, times[:, None], tokens.shape)
+  ``levels`` (per position ``[B, L]``, or per sequence ``[B, 1]``). Returns ``(noisy,
+  masked)``."""
+  masked = sampling.coin_flips(rng, levels, tokens.shape)
   return jnp.where(masked, mask_id, tokens), masked
 
 
@@ -55,11 +57,12 @@ def subs_log_probs(logits: Array, mask_id: int) -> Array:
   return jax.nn.log_softmax(logits, axis=-1)
 
 
-def nelbo_terms(log_probs: Array, tokens: Array, masked: Array, times: Array) -> Array:
+def nelbo_terms(log_probs: Array, tokens: Array, masked: Array, levels: Array) -> Array:
   """One draw of the NELBO integrand per sequence, ``[B]`` nats:
-  ``(1/t) sum_{masked i} -log p_theta(x^i | z_t)`` (unmasked positions cost nothing)."""
+  ``sum_{masked i} -log p_theta(x^i | z_t) / t_i`` with ``t_i`` the position's level
+  (``[B, L]`` or ``[B, 1]``); unmasked positions cost nothing."""
   token_log_probs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
-  return -jnp.sum(jnp.where(masked, token_log_probs, 0.0), axis=-1) / times
+  return -jnp.sum(jnp.where(masked, token_log_probs / levels, 0.0), axis=-1)
 
 
 def nelbo(rng: Array, tokens: Array, logits_fn: LogitsFn, mask_id: int,
@@ -71,8 +74,9 @@ def nelbo(rng: Array, tokens: Array, logits_fn: LogitsFn, mask_id: int,
   """
   time_rng, mask_rng = jax.random.split(rng)
   times = stratified_times(time_rng, tokens.shape[0], epsilon)
-  noisy, masked = forward_mask(mask_rng, tokens, times, mask_id)
-  return nelbo_terms(subs_log_probs(logits_fn(noisy, times), mask_id), tokens, masked, times)
+  noisy, masked = forward_mask(mask_rng, tokens, times[:, None], mask_id)
+  return nelbo_terms(subs_log_probs(logits_fn(noisy, times), mask_id), tokens, masked,
+                     times[:, None])
 
 
 def ancestral_sample(rng: Array, logits_fn: LogitsFn, initial: Array, num_steps: int,
