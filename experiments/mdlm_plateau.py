@@ -21,7 +21,6 @@ Results and the reading: docs/results.md (MDLM's plateau).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from typing import Sequence
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 import tasks  # noqa: F401  Registers shakespeare_lm.
-from glauber_jax import baselines, data, denoiser_networks, models, single_stack
+from glauber_jax import baselines, data, denoiser_networks, models, network, single_stack
 from glauber_jax.processes import absorbing, absorbing_process
 
 VARIANTS = ("nelbo", "masked_ce", "duplicated", "causal_attention", "causal_lm")
@@ -58,16 +57,16 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument("--learning_rate", type=float, default=3e-3)
   args = parser.parse_args(argv)
   vocab = data.task_vocabulary("shakespeare_lm")
-  config = single_stack.SingleStackConfig(
+  config = network.NetworkConfig(
       vocab_size=vocab.vocab_size, d_model=128, num_heads=4, head_dim=32, d_ff=384,
-      num_layers=4, max_length=SEQ_LEN, causal=args.variant == "causal_lm", dtype="float32")
+      num_encoder_layers=4, max_encoder_length=SEQ_LEN, position_scheme="rope", dtype="float32")
   if args.variant == "causal_lm":
     model = baselines.CausalLMModel(config, vocab, SEQ_LEN)
   else:
     model = models.DiffusionModel(denoiser_networks.SingleStackDenoiser(config, vocab),
                                   absorbing_process.AbsorbingProcess(SEQ_LEN))
     if args.variant == "causal_attention":  # The same loss, left context only.
-      model.denoiser.module = single_stack.SingleStack(dataclasses.replace(config, causal=True))
+      model.denoiser.module = single_stack.SingleStack(config, causal=True)
   duplicate = args.variant == "duplicated"
 
   def prepare(tokens) -> jax.Array:

@@ -26,8 +26,8 @@ PUZZLES="$RUN_DIR/sudoku_validation.jsonl"
 UL2_SHAPE=(--gin.network.NetworkConfig.vocab_size=384
            --gin.network.NetworkConfig.max_encoder_length=168
            --gin.network.NetworkConfig.max_decoder_length=168)
-SINGLE_STACK_SHAPE=(--gin.single_stack.SingleStackConfig.vocab_size=384
-                    --gin.single_stack.SingleStackConfig.max_length=163)
+SINGLE_STACK_SHAPE=(--gin.single_stack/network.NetworkConfig.vocab_size=384
+                    --gin.single_stack/network.NetworkConfig.max_encoder_length=163)
 GLAUBER=(--gin_file=gin/ul2_tiny_glauber.gin --gin.MIXTURE_OR_TASK_NAME="'sudoku_lm'"
          --gin.SEQ_LEN=163 --gin.NUM_ROUNDS="$NUM_ROUNDS" "${UL2_SHAPE[@]}")
 LM=(--gin.MIXTURE_OR_TASK_NAME="'sudoku_lm'" --gin.SEQ_LEN=163 "${SINGLE_STACK_SHAPE[@]}")

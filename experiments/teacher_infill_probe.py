@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from glauber_jax import denoisers, network, synthetic, vocabularies
+from glauber_jax import denoisers, encoder_decoder, network, synthetic, vocabularies
 
 LETTERS, SEQ_LEN, BATCH = 16, 32, 64
 
@@ -46,13 +46,13 @@ def main(argv: Sequence[str] | None = None) -> None:
       vocab_size=vocab.vocab_size, d_model=128, num_heads=4, head_dim=32, d_ff=384,
       num_encoder_layers=2, num_decoder_layers=2, max_encoder_length=SEQ_LEN + 2,
       max_decoder_length=2, dtype="float32", infill_readout=args.readout)
-  module = network.Transformer(config)
+  module = encoder_decoder.Transformer(config)
 
   def logits_of(params, letters, sites):
     features = denoisers.mask_infill(letters + 3, sites, ids, xp=jnp)
     if args.readout == "encoder":
       logits = module.apply({"params": params}, features["encoder_input_tokens"], sites + 1,
-                            method=network.Transformer.infill)
+                            method=encoder_decoder.Transformer.infill)
     else:
       logits = module.apply({"params": params}, features["encoder_input_tokens"],
                             features["decoder_input_tokens"])[:, 1]

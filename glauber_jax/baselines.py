@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import decoding, models, sampling, single_stack, throughput, vocabularies
+from glauber_jax import (decoding, models, network, sampling, single_stack, throughput,
+                         vocabularies)
 
 Array = jax.Array
 Params = Any
@@ -32,7 +33,9 @@ class CausalLMModel(models.BaseModel):
   """A GPT-style causal LM on ``targets``: the autoregressive baseline, and the judge.
 
   Attributes:
-    config: the network; ``causal`` must be on and ``time_conditioning`` off.
+    network_config: the causal single stack's shape (``single_stack.SingleStack``: depth
+      ``num_encoder_layers``, longest sequence ``max_encoder_length``); ``time_conditioning``
+      must be off.
     vocabulary: the task's vocabulary.
     seq_len: ``L``, the training length and the length of samples.
     z_loss: T5X's auxiliary ``log(Z)^2`` coefficient.
@@ -41,22 +44,18 @@ class CausalLMModel(models.BaseModel):
   feature_names = ("targets",)
   sampler_options_type = sampling.SamplerOptions
 
-  def __init__(self, config: single_stack.SingleStackConfig = gin.REQUIRED,
+  def __init__(self, network_config: network.NetworkConfig = gin.REQUIRED,
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED, seq_len: int = gin.REQUIRED,
                z_loss: float = 1e-4) -> None:
-    if not config.causal:
-      raise ValueError("CausalLMModel needs SingleStackConfig.causal = True.")
-    if config.time_conditioning:
+    if network_config.time_conditioning:
       raise ValueError("CausalLMModel has no diffusion time; set "
-                       "SingleStackConfig.time_conditioning = False.")
-    if config.vocab_size != vocabulary.vocab_size:
-      raise ValueError(f"SingleStackConfig.vocab_size={config.vocab_size} but the task's "
-                       f"vocabulary has {vocabulary.vocab_size} ids.")
-    if not 0 < seq_len <= config.max_length:
-      raise ValueError(f"seq_len={seq_len} must be in [1, SingleStackConfig.max_length="
-                       f"{config.max_length}].")
-    self.config = config
-    self.module = single_stack.SingleStack(config)
+                       "NetworkConfig.time_conditioning = False.")
+    network_config.check_vocabulary(vocabulary)
+    if not 0 < seq_len <= network_config.max_encoder_length:
+      raise ValueError(f"seq_len={seq_len} must be in [1, NetworkConfig.max_encoder_length="
+                       f"{network_config.max_encoder_length}].")
+    self.network_config = network_config
+    self.module = single_stack.SingleStack(network_config, causal=True)
     self.vocabulary = vocabulary
     self.seq_len = seq_len
     self.allowed_tokens = np.logical_not(vocabulary.special_token_mask())
@@ -80,8 +79,7 @@ class CausalLMModel(models.BaseModel):
   def num_flops_per_example(self, input_lengths: Mapping[str, int]) -> float:
     """Matmuls of one stack of ``L`` tokens plus full ``L x L`` attention (PaLM's count)."""
     length = input_lengths["targets"]
-    return throughput.encoder_decoder_training_flops(self.config.network_config, length,
-                                                     length)
+    return throughput.single_stack_training_flops(self.network_config, length)
 
   def logits(self, params: Params, tokens: Array, rng: Optional[Array] = None) -> Array:
     """Next-token logits ``[B, L, V]`` for ``tokens [B, L]`` (start id shifted in); dropout on
@@ -106,7 +104,7 @@ class CausalLMModel(models.BaseModel):
 
   @functools.partial(jax.jit, static_argnames=("self",))
   def log_likelihood(self, params: Params, tokens: Array) -> Array:
-    """``log p(tokens)`` ``[B]`` in nats, for any length up to ``max_length``; generative
+    """``log p(tokens)`` ``[B]`` in nats, for any length up to ``max_encoder_length``; generative
     perplexity of samples ``[B, L]`` is ``exp(-mean / L)``."""
     return jnp.sum(self.token_log_probs(params, tokens), axis=-1)
 

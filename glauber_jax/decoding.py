@@ -25,7 +25,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from glauber_jax import network, sampling, vocabularies
+from glauber_jax import encoder_decoder, sampling, vocabularies
 
 Array = jax.Array
 Params = Any
@@ -137,7 +137,8 @@ def _initial_tokens(batch: int, length: int, prefix: Optional[Array],
 
 @functools.partial(jax.jit, static_argnames=("module", "max_decode_length", "temperature",
                                              "top_k", "top_p", "eos_id"))
-def decode(module: network.Transformer, params: Params, encoder_input_tokens: Array, rng: Array,
+def decode(module: encoder_decoder.Transformer, params: Params, encoder_input_tokens: Array,
+           rng: Array,
            max_decode_length: Optional[int] = None, time: Optional[Array] = None,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            decoder_prefix: Optional[Array] = None,
@@ -146,7 +147,7 @@ def decode(module: network.Transformer, params: Params, encoder_input_tokens: Ar
   """Samples decoder outputs ``[B, max_decode_length]`` (int32) for a batch of encoder inputs.
 
   Args:
-    module: the ``network.Transformer`` (static: its config keys the compilation cache).
+    module: the ``encoder_decoder.Transformer`` (static: its config keys the compilation cache).
     params: its parameters (the ``params`` collection, boxed or plain).
     encoder_input_tokens: ``[B, S]`` int32, 0-padded.
     rng: PRNG key; step ``i`` samples with ``fold_in(rng, i)``.
@@ -173,14 +174,14 @@ def decode(module: network.Transformer, params: Params, encoder_input_tokens: Ar
   batch = encoder_input_tokens.shape[0]
   tokens, prefix_lengths = _initial_tokens(batch, length, decoder_prefix, decoder_prefix_lengths)
   encoded = module.apply({"params": params}, encoder_input_tokens, time,
-                         method=network.Transformer.encode)
+                         method=encoder_decoder.Transformer.encode)
 
   def decoder_step(cache: Any, step_tokens: Array) -> tuple[Array, Any]:
     variables = ({"params": params} if cache is None
                  else {"params": params, "cache": cache})
     logits, updated = module.apply(
         variables, encoded, encoder_input_tokens, step_tokens[:, None], time, decode=True,
-        prefill=cache is None, mutable=["cache"], method=network.Transformer.decode)
+        prefill=cache is None, mutable=["cache"], method=encoder_decoder.Transformer.decode)
     return logits[:, 0], updated["cache"]
 
   logits, cache = decoder_step(None, jnp.full((batch,), vocabularies.PAD_ID, jnp.int32))

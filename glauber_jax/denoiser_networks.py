@@ -1,7 +1,7 @@
 """The flax networks as the denoisers the processes call (``processes.base.Denoiser``).
 
 - ``EncoderDecoderDenoiser``: the time-conditioned UL2 of the Glauber paper
-  (``network.Transformer``). MASK-INFILL (``denoisers.mask_infill``): the encoder reads
+  (``encoder_decoder.Transformer``). MASK-INFILL (``denoisers.mask_infill``): the encoder reads
   ``[NLU] x_{-k} [EOS]`` with site ``k`` replaced by the first sentinel, the decoder reads
   ``[start, sentinel_0]``, and its second output is ``p(x_k | x_{-k}, t)``; or, with
   ``NetworkConfig.infill_readout = "encoder"`` / ``"cloze"``, the infill head at the masked
@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import decoding, denoisers, network, single_stack, throughput, vocabularies
+from glauber_jax import (decoding, denoisers, encoder_decoder, network, single_stack, throughput,
+                         vocabularies)
 
 Array = jax.Array
 Params = Any
@@ -66,11 +67,9 @@ class EncoderDecoderDenoiser:
                text_includes_eos: bool = True) -> None:
     if not network_config.time_conditioning:
       raise ValueError("the diffusion denoiser needs NetworkConfig.time_conditioning = True.")
-    if network_config.vocab_size != vocabulary.vocab_size:
-      raise ValueError(f"NetworkConfig.vocab_size={network_config.vocab_size} but the task's "
-                       f"vocabulary has {vocabulary.vocab_size} ids.")
+    network_config.check_vocabulary(vocabulary)
     self.network_config = network_config
-    self.module = network.Transformer(network_config)
+    self.module = encoder_decoder.Transformer(network_config)
     self.vocabulary = vocabulary
     self.special_ids = denoisers.SpecialIds.from_vocabulary(vocabulary)
     self.allowed_tokens = _text_tokens(vocabulary, text_includes_eos)
@@ -101,7 +100,8 @@ class EncoderDecoderDenoiser:
     if self.network_config.infill_readout in ("encoder", "cloze"):
       logits = self.module.apply(
           {"params": params}, features["encoder_input_tokens"], sites.astype(jnp.int32) + 1,
-          times.astype(jnp.float32), method=network.Transformer.infill, **_dropout(dropout_rng))
+          times.astype(jnp.float32), method=encoder_decoder.Transformer.infill,
+          **_dropout(dropout_rng))
     else:
       logits = self.module.apply(
           {"params": params}, features["encoder_input_tokens"],
@@ -119,7 +119,7 @@ class EncoderDecoderDenoiser:
                        f"{self.network_config.infill_readout!r}.")
     encoder = denoisers.infill_context(tokens, self.special_ids, xp=jnp)
     logits = self.module.apply({"params": params}, encoder, times.astype(jnp.float32),
-                               method=network.Transformer.cloze,
+                               method=encoder_decoder.Transformer.cloze,
                                **_dropout(dropout_rng))[:, 1:-1]
     return jnp.where(self.allowed_tokens, logits.astype(jnp.float32), BLOCKED_LOGIT)
 
@@ -153,42 +153,45 @@ class SingleStackDenoiser:
   """A bidirectional single stack: one logit vector per position of the noisy sequence.
 
   Attributes:
-    config: the network; ``causal`` must be off. ``time_conditioning`` is optional (MDLM finds
-      it unnecessary with SUBS and a log-linear schedule: the mask count reveals ``t``).
+    network_config: the bidirectional single stack's shape (``single_stack.SingleStack``: depth
+      ``num_encoder_layers``, longest sequence ``max_encoder_length``). ``time_conditioning`` is
+      optional (MDLM finds it unnecessary with SUBS and a log-linear schedule: the mask count
+      reveals ``t``).
     vocabulary: the task's vocabulary.
   """
 
-  def __init__(self, config: single_stack.SingleStackConfig = gin.REQUIRED,
+  def __init__(self, network_config: network.NetworkConfig = gin.REQUIRED,
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED) -> None:
-    if config.causal:
-      raise ValueError("a diffusion denoiser is bidirectional: SingleStackConfig.causal = "
-                       "False.")
-    if config.vocab_size != vocabulary.vocab_size:
-      raise ValueError(f"SingleStackConfig.vocab_size={config.vocab_size} but the task's "
-                       f"vocabulary has {vocabulary.vocab_size} ids.")
-    self.config = config
-    self.module = single_stack.SingleStack(config)
+    network_config.check_vocabulary(vocabulary)
+    self.network_config = network_config
+    self.module = single_stack.SingleStack(network_config, causal=False)
     self.vocabulary = vocabulary
     self.special_ids = denoisers.SpecialIds.from_vocabulary(vocabulary)
     self.allowed_tokens = _text_tokens(vocabulary, text_includes_eos=False)
 
   @property
   def max_length(self) -> int:
-    return self.config.max_length
+    return self.network_config.max_encoder_length
 
   def init_variables(self, rng: Array, batch_size: int, seq_len: int) -> dict[str, Any]:
-    time = (jnp.ones((batch_size,), jnp.float32) if self.config.time_conditioning else None)
+    time = (jnp.ones((batch_size,), jnp.float32) if self.network_config.time_conditioning
+            else None)
     return self.module.init(rng, jnp.ones((batch_size, seq_len), jnp.int32), time)
 
   def training_flops(self, input_length: int, output_length: int) -> float:
     """Matmuls of one stack plus full attention (PaLM's count, as for the causal LM)."""
-    return throughput.encoder_decoder_training_flops(self.config.network_config, input_length,
-                                                     output_length)
+    del output_length  # One stack: the outputs are the inputs' positions.
+    return throughput.single_stack_training_flops(self.network_config, input_length)
+
+  def is_added_param(self, path: tuple[str, ...]) -> bool:
+    """False: the single stack adds no parameter to a checkpoint of its own shape."""
+    del path
+    return False
 
   def logits(self, params: Params, noisy: Array, times: Array,
              dropout_rng: Optional[Array] = None) -> Array:
     """Float32 logits ``[B, L, V]`` of ``noisy [B, L]`` at ``times [B]``."""
     logits = self.module.apply({"params": params}, noisy,
-                               times if self.config.time_conditioning else None,
+                               times if self.network_config.time_conditioning else None,
                                **_dropout(dropout_rng))
     return logits.astype(jnp.float32)

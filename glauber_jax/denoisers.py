@@ -385,7 +385,7 @@ def mask_infill(tokens: Any, site: Any, ids: SpecialIds, xp: Any = np) -> dict[s
 def infill_context(tokens: Any, ids: SpecialIds, xp: Any = np) -> Any:
   """MASK-INFILL's encoder input with no site masked, ``[NLU] x [EOS]`` for ``tokens [..., L]``.
 
-  The cloze read-out (``network.Transformer.cloze``) reads every site of it at once: site
+  The cloze read-out (``encoder_decoder.Transformer.cloze``) reads every site of it at once: site
   ``k``'s read-out never sees position ``k``, so it equals its read-out of ``mask_infill`` at
   ``k``.
   """

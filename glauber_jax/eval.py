@@ -15,7 +15,7 @@ directory) are there, and the puzzle exact-solve rate and cell accuracy when ``-
 names the puzzle file (``python -m tasks.puzzles``) the samples were prompted with
 (``infer.prompts_file``), and the exact judge of a synthetic language when ``--synthetic``
 names it (``hmm``: the language of ``synthetic_lm``; ``enum``: of ``synthetic_enum_lm``; both
-as the gin bindings configure them, ``synthetic.exact_judge_row``): the samples' exact NLL
+as the gin bindings configure them, ``synthetic_judge.exact_judge_row``): the samples' exact NLL
 against data's, and for ``enum`` the total variation to the exact distribution with its noise
 floor. Prints a table and appends one JSON line per file to ``--output``
 (default ``eval.jsonl`` beside the first samples file). Definitions: ``glauber_jax.metrics``
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glauber_jax import (checkpoints, gin_utils, metrics, models, summaries, synthetic,
-                         vocabularies)
+                         synthetic_judge, vocabularies)
 
 DISTINCT_NS = (1, 2, 3, 4)
 SYNTHETIC_KINDS = synthetic.KINDS
@@ -246,7 +246,7 @@ def synthetic_exact_judge(config: synthetic.SyntheticConfig,
   ``LetterVocabulary`` (``tasks.registry.synthetic_config`` and ``synthetic_vocabulary``);
   samples are read as token ids of ``vocabulary``.
   """
-  judge = functools.partial(synthetic.exact_judge_row, language=config.language(),
+  judge = functools.partial(synthetic_judge.exact_judge_row, language=config.language(),
                             vocabulary=vocabulary, enumerable=config.kind == "enum", seed=seed)
   return judge, {"synthetic": config.kind, "synthetic_config": dataclasses.asdict(config)}
 

@@ -34,7 +34,7 @@ import ml_dtypes  # noqa: F401  Registers numpy's "bfloat16", so bf16 safetensor
 import numpy as np
 import orbax.checkpoint as ocp
 
-from glauber_jax import network
+from glauber_jax import encoder_decoder, network
 
 Params = dict[str, Any]
 
@@ -266,7 +266,7 @@ def _kernel(weight: np.ndarray, *shape: int) -> np.ndarray:
 
 def convert_hf_tensors(tensors: dict[str, np.ndarray], hf_config: Mapping[str, Any],
                        config: network.NetworkConfig, source: str = "the checkpoint") -> Params:
-  """Maps Hugging Face T5 tensors onto the parameter tree of ``network.Transformer``.
+  """Maps Hugging Face T5 tensors onto the parameter tree of ``encoder_decoder.Transformer``.
 
   Args:
     tensors: float32 arrays by Hugging Face name (``read_hf_tensors``); emptied as they are
@@ -368,14 +368,15 @@ def check_params_match_network(params: Params, config: network.NetworkConfig) ->
   plain = dataclasses.replace(config, time_conditioning=False)
   tokens = jnp.ones((1, 1), jnp.int32)
   abstract = jax.eval_shape(
-      lambda: network.Transformer(plain).init(jax.random.PRNGKey(0), tokens, tokens))
+      lambda: encoder_decoder.Transformer(plain).init(jax.random.PRNGKey(0), tokens, tokens))
   expected = _shapes(nn.meta.unbox(abstract["params"]))
   converted = _shapes(params)
   if converted != expected:
     differing = sorted(k for k in expected.keys() | converted.keys()
                        if expected.get(k) != converted.get(k))
     raise RuntimeError(
-        "hf_import's parameter tree no longer matches network.Transformer (network.py changed?)"
+        "hf_import's parameter tree no longer matches encoder_decoder.Transformer (network.py or "
+        "encoder_decoder.py changed?)"
         "; differing entries (name: network, converted): "
         + ", ".join(f"{k}: {expected.get(k)}, {converted.get(k)}" for k in differing[:10]))
 
@@ -389,7 +390,7 @@ def load_hf_params(hf_dir: str, **overrides: Any) -> tuple[network.NetworkConfig
 
   Returns:
     ``(config, params)``: the network configuration and its ``params`` tree of float32 numpy
-    arrays, as ``network.Transformer(config).init(...)["params"]`` unboxed.
+    arrays, as ``encoder_decoder.Transformer(config).init(...)["params"]`` unboxed.
 
   Raises:
     HfImportError: the directory is unreadable, unsupported or inconsistent.

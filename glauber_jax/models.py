@@ -25,14 +25,12 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from glauber_jax import decoding, network, sampling, throughput, vocabularies
+from glauber_jax import decoding, encoder_decoder, network, sampling, throughput, vocabularies
 from glauber_jax.processes import base as processes_base
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Any
-
-
 
 ENCODER_DECODER_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
                             "decoder_target_tokens", "decoder_loss_weights")
@@ -219,7 +217,7 @@ class EncoderDecoderModel(BaseModel):
   the summed loss like one more target token per such example, and logged as
   ``infill_cross_entropy`` (the mean over those examples). With ``"cloze"`` the same examples,
   their site filled back in, train the cloze read-out at every token of the sequence (``L``
-  targets per example, each seeing all the other tokens; ``network.Transformer.cloze``).
+  targets per example, each seeing all the other tokens; ``encoder_decoder.Transformer.cloze``).
 
   Attributes:
     network_config: the network's shape and numerics.
@@ -237,7 +235,7 @@ class EncoderDecoderModel(BaseModel):
                        "EncoderDecoderModel.vocabulary (the task's, for its mask id): add "
                        "`models.EncoderDecoderModel.vocabulary = @data.task_vocabulary()`.")
     self.network_config = network_config
-    self.module = network.Transformer(network_config)
+    self.module = encoder_decoder.Transformer(network_config)
     self.z_loss = z_loss
     self.eos_id = eos_id
     self.mask_id = None if vocabulary is None else vocabulary.sentinel_id(0)
@@ -295,7 +293,7 @@ class EncoderDecoderModel(BaseModel):
       # The clean sequence: every token between the mode token and EOS is a target.
       clean = jnp.where(masked, targets[:, 1:2], encoder_tokens)
       logits = self.module.apply({"params": params}, clean, enable_dropout=rng is not None,
-                                 rngs=rngs, method=network.Transformer.cloze)
+                                 rngs=rngs, method=encoder_decoder.Transformer.cloze)
       nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), clean[..., None], axis=-1)[..., 0]
       is_token = jnp.logical_and(clean > 0, clean != self.eos_id)
       weights = (single[:, None] & is_token & (jnp.arange(clean.shape[1]) > 0)).astype(
@@ -303,7 +301,7 @@ class EncoderDecoderModel(BaseModel):
       return jnp.sum(nll * weights), jnp.sum(weights)
     logits = self.module.apply({"params": params}, encoder_tokens, sites,
                                enable_dropout=rng is not None, rngs=rngs,
-                               method=network.Transformer.infill)
+                               method=encoder_decoder.Transformer.infill)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, 1:2], axis=-1)[:, 0]
     weights = single.astype(jnp.float32)
     return jnp.sum(nll * weights), jnp.sum(weights)
@@ -378,8 +376,7 @@ class DiffusionModel(BaseModel):
     return self.denoiser.init_variables(rng, input_shapes["targets"][0], self.seq_len)
 
   def is_added_param(self, path: tuple[str, ...]) -> bool:
-    is_added = getattr(self.denoiser, "is_added_param", None)
-    return bool(is_added and is_added(path))
+    return self.denoiser.is_added_param(path)
 
   def init_model_state(self, params: Params, batch: Batch, rng: Array) -> Any:
     return self.process.init_state(self.denoiser, params, batch["targets"], rng)

@@ -1,44 +1,26 @@
-"""The T5 v1.1 / UL2 encoder-decoder in flax.linen, with optional time conditioning.
+"""The configuration and building blocks of the library's transformers, in flax.linen.
 
-One network serves every model family in the library:
+``NetworkConfig`` shapes both networks: the T5 v1.1 / UL2 encoder-decoder
+(``glauber_jax.encoder_decoder.Transformer``) and the single stack of the baselines
+(``glauber_jax.single_stack.SingleStack``). The blocks are T5 v1.1's (RMSNorm, gated-GELU MLP,
+no biases, attention logits unscaled as in T5) with T5's bucketed relative position bias or RoPE,
+and a KV cache for decoding.
 
-- ``time_conditioning=False``: the T5 v1.1 / Flan-T5 architecture (RMSNorm, gated-GELU MLP,
-  no biases, untied output head, attention logits unscaled as in T5). With
-  ``position_scheme="relative"`` the parameters load from Flan-T5 checkpoints
-  (``glauber_jax.hf_import``).
-- ``time_conditioning=True``: the "DiT UL2" of the Glauber paper. A sinusoidal embedding of the
-  diffusion time feeds a small MLP, and every sublayer of every block is modulated as
-  ``x + (1 + gate(t)) * sublayer(norm(x) * (1 + scale(t)) + shift(t))``. The modulation
-  projections start at zero, so a freshly converted DiT computes exactly its source UL2 at every
-  ``t`` (plain adaLN-Zero would zero the residual branches and destroy the pretrained model).
-
-MASK-INFILL (one masked site) is read out in one of three ways (``infill_readout``):
-
-- ``"decoder"``: T5's span format, the decoder reads ``[start, sentinel_0]`` and predicts the
-  span; this is what a pretrained Flan-T5 can do.
-- ``"encoder"``: a head on the encoder's output at the masked site (``Transformer.infill``), as
-  a masked language model reads out. The decoder route must learn to find its sentinel in the
-  encoder before the context can help, and a tiny UL2 trained for minutes never does (its
-  infill stays at the unigram level, ``docs/results.md``); the encoder route learns the same
-  conditional within a few hundred steps, and costs one encoder pass and no decoder.
-- ``"cloze"``: the encoder run twice more with directional masks, a forward pass (each position
-  sees itself and what precedes it) and a backward one (itself and what follows); site ``k``'s
-  logits come from ``infill_mix`` and ``infill_head`` on the forward output at ``k - 1`` and the
-  backward output at ``k + 1`` (cloze-driven pretraining, Baevski et al. 2019). Site ``k`` is
-  never seen, so one pass over a clean sequence gives the exact single-site conditional of
-  every site at once (``Transformer.cloze``): training gets ``L`` infill targets per example
-  where the masked-site read-outs get one, and a teacher's infill is then learned about as
-  fast as its CAUSAL-GEN. The encoder's weights are shared by the three passes.
+With ``time_conditioning`` the blocks become the "DiT UL2" of the Glauber paper: a sinusoidal
+embedding of the diffusion time feeds a small MLP (``TimeEmbedding``), and every sublayer of
+every block is modulated as ``x + (1 + gate(t)) * sublayer(norm(x) * (1 + scale(t)) + shift(t))``
+(``Modulation``). The modulation projections start at zero, so a freshly converted DiT computes
+exactly its source UL2 at every ``t`` (plain adaLN-Zero would zero the residual branches and
+destroy the pretrained model).
 
 Every parameter and every constrained activation carries logical axis names; the mapping to mesh
 axes lives in ``glauber_jax.partitioning``.
 """
-
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import gin
@@ -56,7 +38,11 @@ REMAT_POLICIES = ("none", "full", "dots")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-  """Shape and numerics of the encoder-decoder.
+  """Shape and numerics of the encoder-decoder, and of the single stack.
+
+  ``glauber_jax.single_stack.SingleStack`` reads the same config as one stack of encoder blocks:
+  ``num_encoder_layers`` is its depth and ``max_encoder_length`` its longest input (and KV-cache
+  length); it ignores ``num_decoder_layers``, ``max_decoder_length`` and ``infill_readout``.
 
   Attributes:
     vocab_size: rows of the shared input embedding and columns of the output head.
@@ -110,6 +96,12 @@ class NetworkConfig:
   time_conditioning: bool = False
   time_embed_dim: int = 256
   infill_readout: str = "decoder"
+
+  def check_vocabulary(self, vocabulary: Any) -> None:
+    """ValueError unless ``vocab_size`` is the task vocabulary's size."""
+    if self.vocab_size != vocabulary.vocab_size:
+      raise ValueError(f"NetworkConfig.vocab_size={self.vocab_size} but the task's vocabulary "
+                       f"has {vocabulary.vocab_size} ids.")
 
   def __post_init__(self) -> None:
     if self.infill_readout not in INFILL_READOUTS:
@@ -247,14 +239,16 @@ class MultiHeadAttention(nn.Module):
   """T5 attention (no biases, unscaled logits) with an optional KV cache.
 
   In ``decode`` mode a self-attention layer appends the new keys and values at the cache index
-  and attends to everything written so far; a cross-attention layer projects the encoder output
-  once (``prefill``) and reads the projected keys and values from the cache afterwards.
+  of a cache of ``cache_length`` positions (its stack's maximum length) and attends to everything
+  written so far; a cross-attention layer projects the encoder output once (``prefill``) and
+  reads the projected keys and values from the cache afterwards.
   """
 
   config: NetworkConfig
   self_attention: bool
   decode: bool = False
   prefill: bool = False
+  cache_length: int = 0
 
   def _project(self, name: str, x: Array, stddev: float) -> Array:
     cfg = self.config
@@ -265,7 +259,7 @@ class MultiHeadAttention(nn.Module):
     """Writes ``key/value [B, T, H, D]`` at the cache index; returns full caches and index."""
     cfg = self.config
     batch, steps = key.shape[0], key.shape[1]
-    shape = (batch, cfg.max_decoder_length, cfg.num_heads, cfg.head_dim)
+    shape = (batch, self.cache_length, cfg.num_heads, cfg.head_dim)
     cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
     cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
@@ -305,7 +299,7 @@ class MultiHeadAttention(nn.Module):
     if self.decode and self.self_attention:
       key, value, index = self._cache_append(key, value)
       steps = query.shape[1]
-      key_positions = jnp.arange(cfg.max_decoder_length)
+      key_positions = jnp.arange(self.cache_length)
       query_positions = index + jnp.arange(steps)
       causal = key_positions[None, :] <= query_positions[:, None]
       mask = causal[None, None] if mask is None else jnp.logical_and(mask, causal[None, None])
@@ -356,6 +350,18 @@ def timestep_embedding(time: Array, dim: int, max_period: float = 10_000.0) -> A
   if dim % 2:
     embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
   return embedding
+
+
+def checked_time(config: NetworkConfig, time: Optional[Array], batch: int) -> Optional[Array]:
+  """``time`` as float32 ``[batch]`` for a time-conditioned network (None for one without);
+  ValueError when the call and the configuration disagree."""
+  if not config.time_conditioning:
+    if time is not None:
+      raise ValueError("This network has no time conditioning; pass time=None.")
+    return None
+  if time is None:
+    raise ValueError("A time-conditioned network needs `time` ([batch] diffusion times).")
+  return jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
 
 
 class TimeEmbedding(nn.Module):
@@ -418,7 +424,7 @@ class EncoderLayer(nn.Module):
     mods = (Modulation(cfg, 2, name="modulation")(time_vector)
             if time_vector is not None else (None, None))
     attention = MultiHeadAttention(cfg, self_attention=True, decode=self.decode,
-                                   name="attention")
+                                   cache_length=cfg.max_encoder_length, name="attention")
     x = _modulated_residual(
         x, RMSNorm(cfg, name="pre_attention_norm"),
         lambda h: attention(h, None, bias, mask, positions, self.deterministic), mods[0])
@@ -444,7 +450,9 @@ class DecoderLayer(nn.Module):
     mods = (Modulation(cfg, 3, name="modulation")(time_vector)
             if time_vector is not None else (None, None, None))
     self_attention = MultiHeadAttention(cfg, self_attention=True, decode=self.decode,
-                                        prefill=self.prefill, name="self_attention")
+                                        prefill=self.prefill,
+                                        cache_length=cfg.max_decoder_length,
+                                        name="self_attention")
     x = _modulated_residual(
         x, RMSNorm(cfg, name="pre_self_attention_norm"),
         lambda h: self_attention(h, None, self_bias, self_mask, positions, self.deterministic),
@@ -467,200 +475,3 @@ def maybe_remat(layer_cls: type[nn.Module], policy: str) -> type[nn.Module]:
   checkpoint_policy = (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
                        if policy == "dots" else None)
   return nn.remat(layer_cls, policy=checkpoint_policy)
-
-
-class Encoder(nn.Module):
-  """Embedding lookup (shared table passed in), encoder blocks, final norm."""
-
-  config: NetworkConfig
-  embedder: nn.Embed
-
-  @nn.compact
-  def __call__(self, tokens: Array, time_vector: Optional[Array], deterministic: bool,
-               direction: str = "both") -> Array:
-    """Encoder output ``[B, S, d_model]``. ``direction``: ``"both"`` (bidirectional attention),
-    ``"forward"`` (each position attends to itself and earlier ones) or ``"backward"`` (itself
-    and later ones); the last two serve the cloze read-out."""
-    cfg = self.config
-    length = tokens.shape[1]
-    positions = jnp.arange(length)
-    x = self.embedder(tokens).astype(cfg.compute_dtype)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    bias = (RelativePositionBias(cfg, bidirectional=True, name="relative_position_bias")(
-        positions, positions) if cfg.position_scheme == "relative" else None)
-    key_valid = tokens > 0
-    mask = jnp.broadcast_to(key_valid[:, None, None, :],
-                            (tokens.shape[0], 1, length, length))
-    if direction != "both":
-      if direction not in ("forward", "backward"):
-        raise ValueError(f"direction must be both, forward or backward; got {direction!r}.")
-      before = positions[None, :] <= positions[:, None]  # [query, key]: key at or before.
-      mask = jnp.logical_and(mask, before if direction == "forward" else before.T)
-    layer_cls = maybe_remat(EncoderLayer, cfg.remat_policy)
-    for i in range(cfg.num_encoder_layers):
-      x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, bias, mask, positions, time_vector)
-    x = RMSNorm(cfg, name="final_norm")(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-
-
-class Decoder(nn.Module):
-  """Embedding lookup, decoder blocks (optionally with a KV cache), final norm, output head."""
-
-  config: NetworkConfig
-  embedder: nn.Embed
-
-  @nn.compact
-  def __call__(self, tokens: Array, encoded: Array, encoder_tokens: Array,
-               time_vector: Optional[Array], deterministic: bool, decode: bool,
-               prefill: bool) -> Array:
-    cfg = self.config
-    batch, length = tokens.shape
-    if decode:
-      index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-      start = index.value
-      index.value = start + length
-      positions = start + jnp.arange(length)
-      key_positions = jnp.arange(cfg.max_decoder_length)
-      self_mask = None  # the attention layer builds the causal cache mask.
-    else:
-      positions = jnp.arange(length)
-      key_positions = positions
-      self_mask = nn.make_causal_mask(tokens, dtype=jnp.bool_)
-    x = self.embedder(tokens).astype(cfg.compute_dtype)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    self_bias = (RelativePositionBias(cfg, bidirectional=False, name="relative_position_bias")(
-        positions, key_positions) if cfg.position_scheme == "relative" else None)
-    cross_mask = jnp.broadcast_to((encoder_tokens > 0)[:, None, None, :],
-                                  (batch, 1, length, encoder_tokens.shape[1]))
-    layer_cls = maybe_remat(DecoderLayer, cfg.remat_policy)
-    for i in range(cfg.num_decoder_layers):
-      x = layer_cls(cfg, deterministic, decode, prefill, name=f"layers_{i}")(
-          x, encoded, self_bias, self_mask, cross_mask, positions, time_vector)
-    x = RMSNorm(cfg, name="final_norm")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    logits = nn.Dense(cfg.vocab_size, use_bias=False, name="logits_dense",
-                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                      kernel_init=param_init(_normal(cfg.d_model ** -0.5),
-                                              ("embed", "vocab")))(x)
-    logits = logits.astype(jnp.float32)
-    return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
-
-
-class Transformer(nn.Module):
-  """The encoder-decoder: ``__call__`` for teacher forcing, ``encode``/``decode`` for sampling.
-
-  ``time`` is a ``[B]`` array of diffusion times when ``config.time_conditioning`` is set, and
-  must be None otherwise.
-  """
-
-  config: NetworkConfig
-
-  def setup(self) -> None:
-    cfg = self.config
-    self.token_embedder = nn.Embed(
-        num_embeddings=cfg.vocab_size, features=cfg.d_model, dtype=cfg.compute_dtype,
-        param_dtype=cfg.weight_dtype,
-        embedding_init=param_init(_normal(1.0), ("vocab", "embed")), name="token_embedder")
-    self.encoder = Encoder(cfg, self.token_embedder, name="encoder")
-    self.decoder = Decoder(cfg, self.token_embedder, name="decoder")
-    if cfg.time_conditioning:
-      self.time_embedding = TimeEmbedding(cfg, name="time_embedding")
-    if cfg.infill_readout == "cloze":
-      self.infill_mix = nn.Dense(
-          cfg.d_model, use_bias=False, name="infill_mix", dtype=cfg.compute_dtype,
-          param_dtype=cfg.weight_dtype,
-          kernel_init=param_init(_normal((2 * cfg.d_model) ** -0.5), ("mlp", "embed")))
-    if cfg.infill_readout in ("encoder", "cloze"):
-      self.infill_head = nn.Dense(
-          cfg.vocab_size, use_bias=False, name="infill_head", dtype=cfg.compute_dtype,
-          param_dtype=cfg.weight_dtype,
-          kernel_init=param_init(_normal(cfg.d_model ** -0.5), ("embed", "vocab")))
-
-  def _time_vector(self, time: Optional[Array], batch: int) -> Optional[Array]:
-    if not self.config.time_conditioning:
-      if time is not None:
-        raise ValueError("This network has no time conditioning; pass time=None.")
-      return None
-    if time is None:
-      raise ValueError("A time-conditioned network needs `time` ([batch] diffusion times).")
-    time = jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
-    return self.time_embedding(time)
-
-  def _check_length(self, name: str, length: int, limit: int) -> None:
-    if length > limit:
-      raise ValueError(
-          f"{name} has length {length}, longer than the model's maximum {limit} "
-          f"(NetworkConfig.max_{name.split('_')[0]}_length).")
-
-  def encode(self, encoder_input_tokens: Array, time: Optional[Array] = None,
-             enable_dropout: bool = False) -> Array:
-    self._check_length("encoder_input_tokens", encoder_input_tokens.shape[1],
-                       self.config.max_encoder_length)
-    time_vector = self._time_vector(time, encoder_input_tokens.shape[0])
-    return self.encoder(encoder_input_tokens, time_vector, not enable_dropout)
-
-  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
-             time: Optional[Array] = None, enable_dropout: bool = False, decode: bool = False,
-             prefill: bool = False) -> Array:
-    """Decoder logits ``[B, T, vocab]`` in float32.
-
-    With ``decode=True`` the call appends ``decoder_input_tokens`` to the KV cache (the
-    ``cache`` collection must be mutable); ``prefill=True`` marks the first such call, which
-    also projects the encoder output into the cross-attention cache.
-    """
-    self._check_length("decoder_input_tokens", decoder_input_tokens.shape[1],
-                       self.config.max_decoder_length)
-    time_vector = self._time_vector(time, decoder_input_tokens.shape[0])
-    return self.decoder(decoder_input_tokens, encoded, encoder_input_tokens, time_vector,
-                        not enable_dropout, decode, prefill)
-
-  def infill(self, encoder_input_tokens: Array, sites: Array, time: Optional[Array] = None,
-             enable_dropout: bool = False) -> Array:
-    """Encoder or cloze read-out MASK-INFILL: float32 logits ``[B, vocab]`` of the tokens at
-    encoder positions ``sites [B]`` (``0 < site < S - 1`` for the cloze read-out)."""
-    if self.config.infill_readout == "cloze":
-      hidden = self._cloze_hidden(encoder_input_tokens, time, enable_dropout)
-      hidden = jnp.take_along_axis(hidden, sites[:, None, None], axis=1)[:, 0]
-      return self.infill_head(hidden).astype(jnp.float32)
-    if self.config.infill_readout != "encoder":
-      raise ValueError("Transformer.infill needs NetworkConfig.infill_readout = 'encoder' or "
-                       "'cloze'.")
-    encoded = self.encode(encoder_input_tokens, time, enable_dropout)
-    return self._infill_logits(encoded, sites)
-
-  def cloze(self, encoder_input_tokens: Array, time: Optional[Array] = None,
-            enable_dropout: bool = False) -> Array:
-    """Cloze read-out at every position: float32 logits ``[B, S, vocab]``, position ``p``'s
-    from the tokens other than ``p`` (the first and last positions see one side only)."""
-    if self.config.infill_readout != "cloze":
-      raise ValueError("Transformer.cloze needs NetworkConfig.infill_readout = 'cloze'.")
-    hidden = self._cloze_hidden(encoder_input_tokens, time, enable_dropout)
-    logits = self.infill_head(hidden).astype(jnp.float32)
-    return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
-
-  def _cloze_hidden(self, tokens: Array, time: Optional[Array], enable_dropout: bool) -> Array:
-    """``[B, S, d_model]``: position ``p`` mixes the forward pass at ``p - 1`` and the backward
-    pass at ``p + 1`` (zeros beyond the ends)."""
-    self._check_length("encoder_input_tokens", tokens.shape[1], self.config.max_encoder_length)
-    time_vector = self._time_vector(time, tokens.shape[0])
-    forward = self.encoder(tokens, time_vector, not enable_dropout, direction="forward")
-    backward = self.encoder(tokens, time_vector, not enable_dropout, direction="backward")
-    zeros = jnp.zeros_like(forward[:, :1])
-    around = jnp.concatenate([jnp.concatenate([zeros, forward[:, :-1]], 1),
-                              jnp.concatenate([backward[:, 1:], zeros], 1)], -1)
-    return nn.gelu(self.infill_mix(around))
-
-  def _infill_logits(self, encoded: Array, sites: Array) -> Array:
-    hidden = jnp.take_along_axis(encoded, sites[:, None, None], axis=1)[:, 0]
-    return self.infill_head(hidden).astype(jnp.float32)
-
-  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               time: Optional[Array] = None, enable_dropout: bool = False) -> Array:
-    encoded = self.encode(encoder_input_tokens, time, enable_dropout)
-    if self.config.infill_readout == "encoder" and self.is_initializing():
-      self._infill_logits(encoded, jnp.zeros(encoded.shape[:1], jnp.int32))  # Creates the head.
-    if self.config.infill_readout == "cloze" and self.is_initializing():
-      self.cloze(encoder_input_tokens, time)  # Creates the mixing layer and the head.
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, time, enable_dropout)

@@ -7,8 +7,8 @@ The mesh has three axes:
 - ``tensor``: tensor (model) parallelism over heads, MLP width and vocabulary.
 
 Each axis size is set in gin; ``-1`` means "all devices the other axes leave". Parameters and
-activations carry logical names (``network.py``); ``LOGICAL_AXIS_RULES`` maps them to mesh axes
-in this one place.
+activations carry logical names (``network``, ``encoder_decoder``, ``single_stack``);
+``LOGICAL_AXIS_RULES`` maps them to mesh axes in this one place.
 """
 
 from __future__ import annotations

@@ -20,12 +20,10 @@ identity, ``H = V``), small enough to enumerate; ``perturbed`` a nearby language
 experiments. Letters are ints ``0..V-1``; ``to_text`` / ``from_text`` write them as characters of
 ``ALPHABET`` so tasks can produce documents as text.
 
-``exact_judge_row`` scores model samples (token ids of a vocabulary whose letters are
-``ALPHABET[:V]``, e.g. ``vocabularies.LetterVocabulary``) against the truth: exact NLL of the
-samples against the NLL of data, token entropy against data's, and for enumerable languages the
-total variation to the exact distribution with its sampling-noise floor. ``SyntheticConfig``
-holds every setting of a synthetic task (the gin functions in ``tasks/registry.py`` build one).
-NumPy only. ``docs/data.md`` ("Synthetic languages") describes the tasks and the judge.
+``SyntheticConfig`` holds every setting of a synthetic task (the gin functions in
+``tasks/registry.py`` build one). ``glauber_jax.synthetic_judge`` scores model samples against
+the truth. NumPy only. ``docs/data.md`` ("Synthetic languages") describes the tasks and the
+judge.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from glauber_jax import metrics, vocabularies
 
 #: The characters letters ``0..63`` are written as (``to_text``); ``V`` letters use the first V.
 ALPHABET = string.ascii_letters + string.digits + "+/"
@@ -519,123 +516,3 @@ def _language(config: SyntheticConfig) -> HiddenMarkovLanguage:
   return HiddenMarkovLanguage.random(config.num_states, config.num_letters, config.seed,
                                      config.transition_concentration,
                                      config.emission_concentration)
-
-
-# ---- The exact judge ---------------------------------------------------------------------------
-
-
-def letters_of_tokens(token_ids: Sequence[Sequence[int]], vocabulary: vocabularies.Vocabulary,
-                      num_letters: int) -> list[Optional[np.ndarray]]:
-  """Each sample's letters (``int32 [L]``), or None when it holds a token that is not one of
-  the ``num_letters`` letters (EOS, pad, a sentinel, ...). Letter ``a`` is the token
-  ``vocabulary.encode(ALPHABET[a])``, which must be a single id."""
-  table = np.full(vocabulary.vocab_size, -1, np.int64)
-  for letter, character in enumerate(alphabet(num_letters)):
-    ids = vocabulary.encode(character)
-    if len(ids) != 1 or ids[0] in (vocabularies.PAD_ID, vocabularies.EOS_ID,
-                                   vocabularies.UNK_ID):
-      raise ValueError(f"{vocabulary!r} does not encode the letter {character!r} as one token.")
-    table[int(ids[0])] = letter
-  out: list[Optional[np.ndarray]] = []
-  for sample in token_ids:
-    ids = np.asarray(sample, np.int64)
-    if ids.size == 0 or ids.min() < 0 or ids.max() >= vocabulary.vocab_size:
-      out.append(None)
-      continue
-    letters = table[ids]
-    out.append(letters.astype(np.int32) if np.all(letters >= 0) else None)
-  return out
-
-
-def exact_judge_row(token_ids: Sequence[Sequence[int]], language: HiddenMarkovLanguage,
-                    vocabulary: vocabularies.Vocabulary, enumerable: bool, *,
-                    num_data_samples: int = 10_000, noise_repeats: int = 20, seed: int = 0
-                    ) -> dict[str, Any]:
-  """Scores samples (token ids, all of one length ``L``) against the true language.
-
-  Returns (JSON-ready):
-
-  - ``invalid_fraction``: samples holding a token that is not a letter (EOS, pad, specials);
-    they are left out of ``true_nll`` and ``kl`` (``num_valid`` samples remain) and count as
-    an outcome the truth never produces in ``tv``.
-  - ``true_nll``, ``true_nll_se``: mean exact ``-log p(x) / L`` of the valid samples and its
-    standard error (None without a valid sample).
-  - ``data_nll``, ``data_nll_se``: the same for ``num_data_samples`` sequences of the
-    language (``nll_per_token``); a perfect sampler matches it within the standard errors.
-  - ``entropy``: ``metrics.token_entropy`` of the samples' token ids; ``data_entropy`` (and
-    ``data_entropy_se``): the same on as many data sequences as there are samples.
-  - with ``enumerable``: ``tv`` = ``0.5 * sum_x |q(x) - p(x)|`` between the samples' empirical
-    law ``q`` (invalid samples one extra outcome) and the exact ``p``; ``tv_noise`` (and
-    ``tv_noise_sd``): the mean TV of ``noise_repeats`` samples of the same size drawn from
-    ``p`` itself, the floor a perfect sampler reaches; ``kl`` = ``KL(q_valid || p)`` over the
-    valid samples (finite since every sequence has ``p > 0``) and its floor ``kl_noise``;
-    ``data_nll_exact``: ``H(p) / L`` from the enumeration. ``KL(p || q)`` is not reported: it
-    is infinite as soon as one sequence is missing from the samples.
-
-  Data draws use ``np.random.default_rng((seed, k))`` for a few fixed ``k``.
-  """
-  if not token_ids:
-    raise ValueError("the exact judge needs at least one sample.")
-  lengths = {len(sample) for sample in token_ids}
-  if len(lengths) != 1:
-    raise ValueError(f"the exact judge needs samples of one length; got lengths "
-                     f"{sorted(lengths)}.")
-  length = lengths.pop()
-  if length < 1:
-    raise ValueError("the samples are empty.")
-  num_samples = len(token_ids)
-  letters = letters_of_tokens(token_ids, vocabulary, language.num_letters)
-  valid = np.stack([x for x in letters if x is not None]) if any(
-      x is not None for x in letters) else np.zeros((0, length), np.int32)
-  row: dict[str, Any] = {"sequence_length": length, "num_valid": int(len(valid)),
-                         "invalid_fraction": 1.0 - len(valid) / num_samples}
-  row["true_nll"] = row["true_nll_se"] = None
-  if len(valid):
-    nll = -language.log_prob(valid) / length
-    row["true_nll"] = float(nll.mean())
-    row["true_nll_se"] = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else None
-  row["data_nll"], row["data_nll_se"] = language.nll_per_token(length, num_data_samples,
-                                                               seed=(seed, 1))
-  row["entropy"] = metrics.token_entropy([list(sample) for sample in token_ids])
-  data_letters = language.sample(np.random.default_rng((seed, 2)), num_samples, length)
-  data_ids = [vocabulary.encode(text).tolist() for text in to_text(data_letters)]
-  data_entropies = metrics.sample_token_entropies(data_ids)
-  row["data_entropy"] = float(data_entropies.mean())
-  row["data_entropy_se"] = (float(data_entropies.std(ddof=1) / math.sqrt(num_samples))
-                            if num_samples > 1 else None)
-  if enumerable:
-    row.update(_distribution_distances(valid, num_samples, language, length, noise_repeats,
-                                       seed))
-  return row
-
-
-def _kl_to(counts: np.ndarray, log_p: np.ndarray) -> Optional[float]:
-  """``KL(counts / sum || p)`` in nats, over the outcomes with a count."""
-  total = counts.sum()
-  if total == 0:
-    return None
-  seen = counts > 0
-  q = counts[seen] / total
-  return float(np.sum(q * (np.log(q) - log_p[seen])))
-
-
-def _distribution_distances(valid: np.ndarray, num_samples: int,
-                            language: HiddenMarkovLanguage, length: int, repeats: int,
-                            seed: int) -> dict[str, Any]:
-  """TV and KL of the samples' empirical law to the enumerated truth, with noise floors."""
-  log_p = language.enumerate_log_probs(length)
-  p = np.exp(log_p)
-  counts = np.bincount(sequence_index(valid, language.num_letters), minlength=p.size)
-  invalid = num_samples - len(valid)
-  tv = 0.5 * (np.abs(counts / num_samples - p).sum() + invalid / num_samples)
-  rng = np.random.default_rng((seed, 3))
-  noise_tv, noise_kl = [], []
-  for _ in range(max(1, repeats)):
-    draws = rng.multinomial(num_samples, p / p.sum())
-    noise_tv.append(0.5 * np.abs(draws / num_samples - p).sum())
-    noise_kl.append(_kl_to(draws, log_p))
-  entropy = float(-np.sum(p * log_p))
-  return {"tv": float(tv), "tv_noise": float(np.mean(noise_tv)),
-          "tv_noise_sd": float(np.std(noise_tv, ddof=1)) if len(noise_tv) > 1 else None,
-          "kl": _kl_to(counts, log_p), "kl_noise": float(np.mean(noise_kl)),
-          "data_nll_exact": entropy / length, "num_sequences": int(p.size)}

@@ -8,6 +8,7 @@ vendors' data sheets; a run can override them in gin (``train.peak_flops_per_dev
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import jax
@@ -61,3 +62,11 @@ def encoder_decoder_training_flops(config: network.NetworkConfig, encoder_length
       config.num_encoder_layers * encoder_length ** 2
       + config.num_decoder_layers * (decoder_length ** 2 / 2 + decoder_length * encoder_length))
   return float(dense + attention)
+
+
+def single_stack_training_flops(config: network.NetworkConfig, length: int) -> float:
+  """``encoder_decoder_training_flops`` of a single stack (``glauber_jax.single_stack``) of
+  ``length`` tokens: its ``num_encoder_layers`` blocks with full attention, and the output head.
+  """
+  return encoder_decoder_training_flops(dataclasses.replace(config, num_decoder_layers=0),
+                                        length, length)

@@ -61,8 +61,8 @@ def glauber_dit(network_config: Any, vocabulary: Any, seq_len: int,
       glauber_process.GlauberProcess(seq_len, **process_settings))
 
 
-def mdlm(config: Any, vocabulary: Any, seq_len: int, **process_settings: Any
+def mdlm(network_config: Any, vocabulary: Any, seq_len: int, **process_settings: Any
          ) -> models.DiffusionModel:
   """``models.DiffusionModel`` of a bidirectional single stack on the absorbing process."""
-  return models.DiffusionModel(denoiser_networks.SingleStackDenoiser(config, vocabulary),
+  return models.DiffusionModel(denoiser_networks.SingleStackDenoiser(network_config, vocabulary),
                                absorbing_process.AbsorbingProcess(seq_len, **process_settings))

@@ -12,18 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glauber_jax import (baselines, models, optimizers, partitioning, single_stack, trainer,
-                         vocabularies)
+from glauber_jax import (baselines, models, network, optimizers, partitioning, single_stack,
+                         trainer, vocabularies)
 from glauber_jax.processes import absorbing
 
 import helpers
 
 SEQ_LEN = 8
 VOCAB = vocabularies.ByteVocabulary()
-CONFIG = single_stack.SingleStackConfig(
-    vocab_size=VOCAB.vocab_size, d_model=32, num_heads=2, head_dim=16, d_ff=48, num_layers=2,
-    max_length=SEQ_LEN, dtype="float32")
-BIDIRECTIONAL = dataclasses.replace(CONFIG, causal=False)
+CONFIG = network.NetworkConfig(
+    vocab_size=VOCAB.vocab_size, d_model=32, num_heads=2, head_dim=16, d_ff=48,
+    num_encoder_layers=2, max_encoder_length=SEQ_LEN, position_scheme="rope", dtype="float32")
 
 
 def text_tokens(batch: int, seed: int = 0, length: int = SEQ_LEN) -> np.ndarray:
@@ -49,8 +48,8 @@ def test_shapes_and_attention_masks(scheme: str) -> None:
   tokens = jnp.asarray(text_tokens(2))
   edited = tokens.at[:, 5:].set(7)
   for causal in (True, False):
-    module = single_stack.SingleStack(dataclasses.replace(CONFIG, causal=causal,
-                                                          position_scheme=scheme))
+    module = single_stack.SingleStack(dataclasses.replace(CONFIG, position_scheme=scheme),
+                                      causal=causal)
     params = init(module, tokens)
     logits = module.apply({"params": params}, tokens)
     assert logits.shape == (2, SEQ_LEN, VOCAB.vocab_size) and logits.dtype == jnp.float32
@@ -61,8 +60,8 @@ def test_shapes_and_attention_masks(scheme: str) -> None:
 
 
 def test_time_conditioning_is_optional_and_checked() -> None:
-  module = single_stack.SingleStack(dataclasses.replace(BIDIRECTIONAL, time_conditioning=True,
-                                                        time_embed_dim=16))
+  module = single_stack.SingleStack(dataclasses.replace(CONFIG, time_conditioning=True,
+                                                        time_embed_dim=16), causal=False)
   tokens = jnp.asarray(text_tokens(2))
   params = init(module, tokens, jnp.ones((2,)))
   assert "time_embedding" in params and "modulation" in params["layers_0"]
@@ -70,7 +69,7 @@ def test_time_conditioning_is_optional_and_checked() -> None:
       2, SEQ_LEN, VOCAB.vocab_size)
   with pytest.raises(ValueError, match="needs `time`"):
     module.apply({"params": params}, tokens)
-  plain = single_stack.SingleStack(BIDIRECTIONAL)
+  plain = single_stack.SingleStack(CONFIG, causal=False)
   with pytest.raises(ValueError, match="no time conditioning"):
     plain.apply({"params": init(plain, tokens)}, tokens, jnp.ones((2,)))
   with pytest.raises(ValueError, match="causal"):
@@ -79,7 +78,8 @@ def test_time_conditioning_is_optional_and_checked() -> None:
 
 @pytest.mark.parametrize("scheme", ["rope", "relative"])
 def test_cached_decoding_equals_recomputation(scheme: str) -> None:
-  module = single_stack.SingleStack(dataclasses.replace(CONFIG, position_scheme=scheme))
+  module = single_stack.SingleStack(dataclasses.replace(CONFIG, position_scheme=scheme),
+                                    causal=True)
   tokens = jnp.asarray(text_tokens(3, seed=1))
   params = init(module, tokens)
   full = module.apply({"params": params}, tokens)
@@ -136,7 +136,7 @@ def pattern_batch(batch: int, seed: int) -> dict[str, jax.Array]:
 @pytest.mark.parametrize("kind", ["causal_lm", "mdlm"])
 def test_loss_falls_on_a_learnable_pattern(kind: str) -> None:
   model = (baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN) if kind == "causal_lm"
-           else helpers.mdlm(BIDIRECTIONAL, VOCAB, SEQ_LEN, num_steps=8))
+           else helpers.mdlm(CONFIG, VOCAB, SEQ_LEN, num_steps=8))
   tiny = trainer.Trainer(model=model, partitioner=partitioning.Partitioner(mesh_shape=(1, 1, 1)),
                          learning_rate_fn=optimizers.learning_rate_schedule(
                              peak_learning_rate=1e-2, warmup_steps=1, total_steps=100),
@@ -232,7 +232,7 @@ def test_mdlm_sampler_on_the_toy_reproduces_the_data_distribution() -> None:
 
 
 def test_mdlm_model_sampling_scoring_and_loss() -> None:
-  model = helpers.mdlm(BIDIRECTIONAL, VOCAB, SEQ_LEN, num_steps=6)
+  model = helpers.mdlm(CONFIG, VOCAB, SEQ_LEN, num_steps=6)
   assert model.denoiser.special_ids.mask == VOCAB.sentinel_id(0)
   params = model_params(model)
   prefix = jnp.broadcast_to(jnp.asarray(VOCAB.encode("To")), (3, 2))
@@ -261,15 +261,13 @@ def test_mdlm_model_sampling_scoring_and_loss() -> None:
 
 
 def test_bad_configs_are_named() -> None:
-  with pytest.raises(ValueError, match="causal = True"):
-    baselines.CausalLMModel(BIDIRECTIONAL, VOCAB, SEQ_LEN)
-  with pytest.raises(ValueError, match="causal = False"):
-    helpers.mdlm(CONFIG, VOCAB, SEQ_LEN)
+  with pytest.raises(ValueError, match="time_conditioning = False"):
+    baselines.CausalLMModel(dataclasses.replace(CONFIG, time_conditioning=True), VOCAB, SEQ_LEN)
   with pytest.raises(ValueError, match="vocab_size"):
-    helpers.mdlm(dataclasses.replace(BIDIRECTIONAL, vocab_size=512), VOCAB, SEQ_LEN)
+    helpers.mdlm(dataclasses.replace(CONFIG, vocab_size=512), VOCAB, SEQ_LEN)
   with pytest.raises(ValueError, match="max_length"):
-    helpers.mdlm(BIDIRECTIONAL, VOCAB, SEQ_LEN + 1)
-  with pytest.raises(ValueError, match="max_length"):
+    helpers.mdlm(CONFIG, VOCAB, SEQ_LEN + 1)
+  with pytest.raises(ValueError, match="max_encoder_length"):
     baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN + 1)
   with pytest.raises(ValueError, match="TASK_FEATURE_LENGTHS"):
     baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN).input_shapes(2, {"targets": 4})
@@ -277,6 +275,6 @@ def test_bad_configs_are_named() -> None:
     model = baselines.CausalLMModel(CONFIG, VOCAB, SEQ_LEN)
     model.sample(model_params(model), jax.random.PRNGKey(0), 2, num_rounds=1)
   with pytest.raises(ValueError, match="num_steps must be >= 1"):
-    helpers.mdlm(BIDIRECTIONAL, VOCAB, SEQ_LEN).sampler_options({"num_steps": 0})
-  with pytest.raises(ValueError, match="num_layers"):
-    single_stack.SingleStackConfig(num_layers=0)
+    helpers.mdlm(CONFIG, VOCAB, SEQ_LEN).sampler_options({"num_steps": 0})
+  with pytest.raises(ValueError, match="num_encoder_layers"):
+    single_stack.SingleStack(dataclasses.replace(CONFIG, num_encoder_layers=0), causal=True)

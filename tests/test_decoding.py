@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glauber_jax import decoding, network
+from glauber_jax import decoding, encoder_decoder
 from helpers import TINY_NETWORK
 
 BATCH, ENCODER_LENGTH = 3, 10
 
 
-def _random_params(module: network.Transformer, encoder_tokens: jax.Array,
+def _random_params(module: encoder_decoder.Transformer, encoder_tokens: jax.Array,
                    time: Optional[jax.Array]):
   """Initial params, with the (zero-initialised) time modulation randomised so time matters."""
   params = nn.meta.unbox(module.init(jax.random.key(0), encoder_tokens, encoder_tokens[:, :2],
@@ -30,7 +30,7 @@ def _setup(position_scheme: str = "relative", time_conditioning: bool = False):
   """A random tiny float32 network, its params, encoder tokens (row 1 padded) and times."""
   config = dataclasses.replace(TINY_NETWORK, position_scheme=position_scheme,
                                time_conditioning=time_conditioning)
-  module = network.Transformer(config)
+  module = encoder_decoder.Transformer(config)
   rng = np.random.RandomState(0)
   encoder_tokens = rng.randint(3, config.vocab_size, (BATCH, ENCODER_LENGTH))
   encoder_tokens[1, 6:] = 0
@@ -40,7 +40,8 @@ def _setup(position_scheme: str = "relative", time_conditioning: bool = False):
   return module, params, encoder_tokens, time
 
 
-def _greedy_reference(module: network.Transformer, params, encoder_tokens, length: int, time,
+def _greedy_reference(module: encoder_decoder.Transformer, params, encoder_tokens, length: int,
+                      time,
                       prefix: Optional[np.ndarray] = None,
                       prefix_lengths: Optional[np.ndarray] = None,
                       eos_id: Optional[int] = None) -> np.ndarray:

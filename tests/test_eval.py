@@ -22,13 +22,13 @@ VOCAB = vocabularies.ByteVocabulary()
 # A one-layer causal LM on bytes, L = 16: built from gin/ar_tiny.gin in about a second.
 TINY_JUDGE = [
     "--judge_gin=gin/ar_tiny.gin", "--gin.MIXTURE_OR_TASK_NAME='shakespeare_bytes_lm'",
-    "--gin.SEQ_LEN=16", "--gin.single_stack.SingleStackConfig.vocab_size=384",
-    "--gin.single_stack.SingleStackConfig.d_model=32",
-    "--gin.single_stack.SingleStackConfig.num_heads=2",
-    "--gin.single_stack.SingleStackConfig.head_dim=16",
-    "--gin.single_stack.SingleStackConfig.d_ff=48",
-    "--gin.single_stack.SingleStackConfig.num_layers=1",
-    "--gin.single_stack.SingleStackConfig.max_length=16",
+    "--gin.SEQ_LEN=16", "--gin.single_stack/network.NetworkConfig.vocab_size=384",
+    "--gin.single_stack/network.NetworkConfig.d_model=32",
+    "--gin.single_stack/network.NetworkConfig.num_heads=2",
+    "--gin.single_stack/network.NetworkConfig.head_dim=16",
+    "--gin.single_stack/network.NetworkConfig.d_ff=48",
+    "--gin.single_stack/network.NetworkConfig.num_encoder_layers=1",
+    "--gin.single_stack/network.NetworkConfig.max_encoder_length=16",
 ]
 
 

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glauber_jax import (checkpoints, denoisers, infer, models, network, optimizers,
-                         partitioning, synthetic, trainer, vocabularies)
+from glauber_jax import (checkpoints, denoisers, encoder_decoder, infer, models, network,
+                         optimizers, partitioning, synthetic, trainer, vocabularies)
 from glauber_jax.processes import glauber, glauber_process
 
 import helpers
@@ -50,7 +50,7 @@ def text_batch(batch: int, seed: int = 0) -> np.ndarray:
 
 def test_dit_equals_source_ul2_at_every_time() -> None:
   source_config = dataclasses.replace(NETWORK, time_conditioning=False)
-  source = network.Transformer(source_config)
+  source = encoder_decoder.Transformer(source_config)
   tokens = jnp.asarray(text_batch(3))
   features = denoisers.mask_infill(tokens, jnp.array([0, 3, 7]),
                                    denoisers.SpecialIds.from_vocabulary(VOCAB), xp=jnp)
@@ -77,7 +77,7 @@ def test_added_parameter_fraction_of_ul2_medium() -> None:
       vocab_size=50432, d_model=1024, num_heads=16, head_dim=64, d_ff=2048,
       num_encoder_layers=16, num_decoder_layers=16, max_encoder_length=1026,
       max_decoder_length=1024, time_conditioning=True, time_embed_dim=256)
-  module = network.Transformer(medium)
+  module = encoder_decoder.Transformer(medium)
   shapes = jax.eval_shape(lambda: module.init(
       jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 2), jnp.int32),
       jnp.ones((1,), jnp.float32)))["params"]

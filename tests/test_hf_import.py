@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from glauber_jax import checkpoints, hf_import, network  # noqa: E402
+from glauber_jax import checkpoints, encoder_decoder, hf_import, network  # noqa: E402
 
 VOCAB = 128
 TOLERANCE = 1e-4
@@ -80,7 +80,7 @@ def _hf_logits(model: Any, encoder: np.ndarray, decoder: np.ndarray) -> np.ndarr
 
 def _our_logits(config: network.NetworkConfig, params: dict[str, Any], encoder: np.ndarray,
                 decoder: np.ndarray) -> np.ndarray:
-  return np.asarray(network.Transformer(config).apply(
+  return np.asarray(encoder_decoder.Transformer(config).apply(
       {"params": params}, jnp.asarray(encoder, jnp.int32), jnp.asarray(decoder, jnp.int32)))
 
 

@@ -24,9 +24,8 @@ TASK_IMPORTERS: dict[str, Optional[frozenset[str]]] = {
     "glauber_jax.infer": frozenset({"main"}),
     "glauber_jax.eval": frozenset({"main"}),
     "glauber_jax.data.__main__": frozenset({"main"}),
-    # The testbed's command line: besides its main, the Testbed methods that read the synthetic
-    # language (tasks.registry) import it; they run only under that main.
-    "glauber_jax.testbed": None,
+    # The testbed's command line: its main passes tasks.registry to the runner.
+    "glauber_jax.testbed.__main__": frozenset({"main"}),
 }
 
 #: Third-party packages a module may need that an installation can lack: a module failing to

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glauber_jax import network
+from glauber_jax import encoder_decoder, network
 
 TINY = network.NetworkConfig(
     vocab_size=61, d_model=32, num_heads=4, head_dim=8, d_ff=48, num_encoder_layers=2,
@@ -20,7 +20,7 @@ def _tokens(seed: int, shape: tuple[int, int], low: int = 3) -> jnp.ndarray:
 
 
 def _init(config: network.NetworkConfig, enc: jnp.ndarray, dec: jnp.ndarray, time=None):
-  module = network.Transformer(config)
+  module = encoder_decoder.Transformer(config)
   variables = module.init(jax.random.PRNGKey(0), enc, dec, time)
   return module, nn.meta.unbox(variables)
 
@@ -38,7 +38,7 @@ def test_logits_shape_and_dtype(scheme):
 
 def test_parameter_logical_axes():
   enc, dec = _tokens(0, (2, 6)), _tokens(1, (2, 4))
-  boxed = network.Transformer(TINY).init(jax.random.PRNGKey(0), enc, dec)["params"]
+  boxed = encoder_decoder.Transformer(TINY).init(jax.random.PRNGKey(0), enc, dec)["params"]
   specs = nn.get_partition_spec(boxed)
   assert specs["token_embedder"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
   layer = specs["encoder"]["layers_0"]
@@ -173,7 +173,7 @@ def test_bad_config_values_are_rejected():
 def test_remat_does_not_change_values_or_gradients(policy):
   enc, dec = _tokens(0, (2, 6)), _tokens(1, (2, 4))
   module, variables = _init(TINY, enc, dec)
-  remat = network.Transformer(dataclasses.replace(TINY, remat_policy=policy))
+  remat = encoder_decoder.Transformer(dataclasses.replace(TINY, remat_policy=policy))
 
   def loss(m, params):
     return jnp.mean(m.apply({"params": params}, enc, dec) ** 2)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from glauber_jax import data, eval as eval_cli, metrics, synthetic, vocabularies
+from glauber_jax import data, eval as eval_cli, metrics, synthetic, synthetic_judge, vocabularies
 from glauber_jax.data import cache as data_cache
 from glauber_jax.synthetic import HiddenMarkovLanguage
 import tasks  # noqa: F401  Registers the synthetic tasks.
@@ -373,9 +373,9 @@ def test_exact_judge_tells_the_truth_from_another_language() -> None:
   truth = config.language()
   vocab = registry.synthetic_vocabulary("enum")
   n, length = 3000, config.sequence_length
-  good = synthetic.exact_judge_row(ids_of(truth.sample(np.random.default_rng(11), n, length),
+  good = synthetic_judge.exact_judge_row(ids_of(truth.sample(np.random.default_rng(11), n, length),
                                           vocab), truth, vocab, enumerable=True)
-  bad = synthetic.exact_judge_row(
+  bad = synthetic_judge.exact_judge_row(
       ids_of(truth.perturbed(0.5, seed=1).sample(np.random.default_rng(11), n, length), vocab),
       truth, vocab, enumerable=True)
   for row in (good, bad):
@@ -393,8 +393,9 @@ def test_exact_judge_tells_the_truth_from_another_language() -> None:
   hmm_vocab = vocabularies.LetterVocabulary(synthetic.alphabet(16))
   samples = hmm.sample(np.random.default_rng(0), 1000, 12)
   near = hmm.perturbed(0.2, seed=3).sample(np.random.default_rng(0), 1000, 12)
-  row = synthetic.exact_judge_row(ids_of(samples, hmm_vocab), hmm, hmm_vocab, enumerable=False)
-  off = synthetic.exact_judge_row(ids_of(near, hmm_vocab), hmm, hmm_vocab, enumerable=False)
+  row = synthetic_judge.exact_judge_row(ids_of(samples, hmm_vocab), hmm, hmm_vocab,
+                                        enumerable=False)
+  off = synthetic_judge.exact_judge_row(ids_of(near, hmm_vocab), hmm, hmm_vocab, enumerable=False)
   assert abs(row["true_nll"] - row["data_nll"]) < 4 * np.hypot(row["true_nll_se"],
                                                                row["data_nll_se"])
   assert off["true_nll"] > row["data_nll"] + 10 * np.hypot(off["true_nll_se"],
@@ -408,8 +409,8 @@ def test_exact_judge_counts_non_letters_as_invalid() -> None:
   letters = truth.sample(np.random.default_rng(0), 40, 6)
   ids = ids_of(letters, vocab)
   with_eos = [row[:3] + [vocabularies.EOS_ID, 0, 0] for row in ids[:10]] + ids[10:]
-  row = synthetic.exact_judge_row(with_eos, truth, vocab, enumerable=True)
-  clean = synthetic.exact_judge_row(ids[10:], truth, vocab, enumerable=True)
+  row = synthetic_judge.exact_judge_row(with_eos, truth, vocab, enumerable=True)
+  clean = synthetic_judge.exact_judge_row(ids[10:], truth, vocab, enumerable=True)
   assert row["invalid_fraction"] == 0.25 and row["num_valid"] == 30
   assert row["true_nll"] == pytest.approx(-truth.log_prob(letters[10:]).mean() / 6)
   assert row["true_nll"] == clean["true_nll"]
@@ -418,7 +419,7 @@ def test_exact_judge_counts_non_letters_as_invalid() -> None:
   assert row["tv"] == pytest.approx(0.5 * (np.abs(counts / 40 - p).sum() + 10 / 40))
   assert row["entropy"] == pytest.approx(metrics.token_entropy(with_eos))
   with pytest.raises(ValueError, match="one length"):
-    synthetic.exact_judge_row([ids[0], ids[1][:5]], truth, vocab, enumerable=True)
+    synthetic_judge.exact_judge_row([ids[0], ids[1][:5]], truth, vocab, enumerable=True)
 
 
 def write_samples(path: pathlib.Path, token_ids: list[list[int]]) -> str:
@@ -444,7 +445,7 @@ def test_eval_command_line_with_the_exact_judge(tmp_path: pathlib.Path,
   header = capsys.readouterr().out.splitlines()[0].split()
   assert {"true-NLL", "data-NLL", "TV", "TV-noise", "invalid"} <= set(header)
   row: dict[str, Any] = json.loads(output.read_text().splitlines()[0])
-  expected = synthetic.exact_judge_row(ids, truth, vocab, enumerable=True)
+  expected = synthetic_judge.exact_judge_row(ids, truth, vocab, enumerable=True)
   for key, value in expected.items():
     assert row[key] == pytest.approx(value), key
   assert row["synthetic"] == "enum" and row["synthetic_config"]["seed"] == 5

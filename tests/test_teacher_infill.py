@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from glauber_jax import denoisers, models, network, optimizers, synthetic, vocabularies
+from glauber_jax import (denoisers, encoder_decoder, models, network, optimizers, synthetic,
+                         vocabularies)
 
 LETTERS, LENGTH, BATCH, STEPS = 8, 12, 64, 250
 
@@ -42,7 +43,7 @@ def _infill_log_probs(model, params, vocab, letters, sites):
   ids = denoisers.SpecialIds.from_vocabulary(vocab)
   features = denoisers.mask_infill(jnp.asarray(letters + 3), jnp.asarray(sites), ids, xp=jnp)
   logits = model.module.apply({"params": params}, features["encoder_input_tokens"],
-                              jnp.asarray(sites) + 1, method=network.Transformer.infill)
+                              jnp.asarray(sites) + 1, method=encoder_decoder.Transformer.infill)
   return np.asarray(jax.nn.log_softmax(logits[:, 3:3 + LETTERS]), np.float64)
 
 

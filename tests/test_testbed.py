@@ -6,9 +6,8 @@ import math
 import os
 
 import numpy as np
-import pytest
 
-from glauber_jax import testbed
+from glauber_jax.testbed import __main__ as testbed_cli, config, oracle
 
 A, L, N = 3, 3, 2  # Values per site, sites, rounds.
 
@@ -21,16 +20,16 @@ def _toy(seed: int):
 
 
 def _draw(rng, p, n):
-  return testbed.all_states(A, L)[rng.choice(p.size, size=n, p=p)]
+  return oracle.all_states(A, L)[rng.choice(p.size, size=n, p=p)]
 
 
 def test_state_and_context_indices_follow_row_major_order():
-  states = testbed.all_states(A, L)
-  np.testing.assert_array_equal(testbed.state_index(states, A), np.arange(A ** L))
+  states = oracle.all_states(A, L)
+  np.testing.assert_array_equal(oracle.state_index(states, A), np.arange(A ** L))
   for site in range(L):
     table = np.arange(A ** L).reshape((A,) * L)
     moved = np.moveaxis(table, site, -1).reshape(-1, A)  # [context, value] -> state
-    contexts = testbed.context_index(states, site, A)
+    contexts = oracle.context_index(states, site, A)
     np.testing.assert_array_equal(moved[contexts, states[:, site]], np.arange(A ** L))
 
 
@@ -38,17 +37,17 @@ def test_forward_marginals_match_brute_force_kernels():
   p_data, sites = _toy(0)
   rng = np.random.default_rng(1)
   kernels = [rng.dirichlet(np.ones(A), size=A ** (L - 1)) for _ in range(L)]
-  marginals = testbed.oracle_forward_marginals(p_data, kernels, sites, A, L)
-  states = testbed.all_states(A, L)
+  marginals = oracle.oracle_forward_marginals(p_data, kernels, sites, A, L)
+  states = oracle.all_states(A, L)
   p = p_data
   for t, site in enumerate(sites, start=1):
     step = np.zeros((A ** L, A ** L))  # step[x, y] = P(x -> y)
     for x, state in enumerate(states):
-      context = testbed.context_index(state[None], site, A)[0]
+      context = oracle.context_index(state[None], site, A)[0]
       for value in range(A):
         y = state.copy()
         y[site] = value
-        step[x, testbed.state_index(y[None], A)[0]] += kernels[site][context, value]
+        step[x, oracle.state_index(y[None], A)[0]] += kernels[site][context, value]
     p = p @ step
     np.testing.assert_allclose(marginals[t], p, atol=1e-12)
 
@@ -57,23 +56,23 @@ def test_oracle_with_the_data_conditionals_keeps_and_attracts_p_data():
   """A teacher that is the exact conditional of p_data leaves p_data invariant (p_t = p_data),
   so the exact reverse keeps p_data samples at p_data and moves another prior towards it."""
   p_data, sites = _toy(2)
-  kernels = testbed.exact_conditional_kernels(p_data, A, L)
-  marginals = testbed.oracle_forward_marginals(p_data, kernels, sites, A, L)
+  kernels = oracle.exact_conditional_kernels(p_data, A, L)
+  marginals = oracle.oracle_forward_marginals(p_data, kernels, sites, A, L)
   np.testing.assert_allclose(marginals, np.broadcast_to(p_data, marginals.shape), atol=1e-12)
   rng = np.random.default_rng(3)
   n = 20_000
-  noise = testbed.total_variation(_draw(rng, p_data, n), p_data, A)  # One draw's floor.
+  noise = oracle.total_variation(_draw(rng, p_data, n), p_data, A)  # One draw's floor.
 
-  kept, undefined = testbed.oracle_reverse_sample(rng, _draw(rng, p_data, n), marginals, sites, A)
+  kept, undefined = oracle.oracle_reverse_sample(rng, _draw(rng, p_data, n), marginals, sites, A)
   assert undefined == 0
-  assert testbed.total_variation(kept, p_data, A) < 2 * noise + 0.01
+  assert oracle.total_variation(kept, p_data, A) < 2 * noise + 0.01
 
   prior = np.full(A ** L, 0.0)
   prior[: A] = 1.0 / A  # Far from p_data: only the first site varies.
   start = _draw(rng, prior, n)
-  before = testbed.total_variation(start, p_data, A)
-  after, _ = testbed.oracle_reverse_sample(rng, start, marginals, sites, A)
-  tv_after = testbed.total_variation(after, p_data, A)
+  before = oracle.total_variation(start, p_data, A)
+  after, _ = oracle.oracle_reverse_sample(rng, start, marginals, sites, A)
+  tv_after = oracle.total_variation(after, p_data, A)
   assert tv_after < before - 0.2, (before, tv_after)
 
 
@@ -82,14 +81,14 @@ def test_oracle_reverse_carries_p_T_back_to_p_data():
   p_data, sites = _toy(4)
   rng = np.random.default_rng(5)
   kernels = [rng.dirichlet(np.ones(A), size=A ** (L - 1)) for _ in range(L)]
-  marginals = testbed.oracle_forward_marginals(p_data, kernels, sites, A, L)
+  marginals = oracle.oracle_forward_marginals(p_data, kernels, sites, A, L)
   n = 20_000
-  noise = testbed.total_variation(_draw(rng, p_data, n), p_data, A)
+  noise = oracle.total_variation(_draw(rng, p_data, n), p_data, A)
   start = _draw(rng, marginals[-1], n)
-  assert testbed.total_variation(start, p_data, A) > 3 * noise
-  final, undefined = testbed.oracle_reverse_sample(rng, start, marginals, sites, A)
+  assert oracle.total_variation(start, p_data, A) > 3 * noise
+  final, undefined = oracle.oracle_reverse_sample(rng, start, marginals, sites, A)
   assert undefined == 0
-  assert testbed.total_variation(final, p_data, A) < 2 * noise + 0.01
+  assert oracle.total_variation(final, p_data, A) < 2 * noise + 0.01
 
 
 def test_reverse_law_is_the_law_of_the_reverse_sampler():
@@ -98,27 +97,27 @@ def test_reverse_law_is_the_law_of_the_reverse_sampler():
   p_data, sites = _toy(6)
   rng = np.random.default_rng(7)
   kernels = [rng.dirichlet(np.ones(A), size=A ** (L - 1)) for _ in range(L)]
-  marginals = testbed.oracle_forward_marginals(p_data, kernels, sites, A, L)
-  np.testing.assert_allclose(testbed.oracle_reverse_law(marginals[-1], marginals, sites, A, L),
+  marginals = oracle.oracle_forward_marginals(p_data, kernels, sites, A, L)
+  np.testing.assert_allclose(oracle.oracle_reverse_law(marginals[-1], marginals, sites, A, L),
                              p_data, atol=1e-12)
   start = rng.dirichlet(np.ones(A ** L))
-  law = testbed.oracle_reverse_law(start, marginals, sites, A, L)
+  law = oracle.oracle_reverse_law(start, marginals, sites, A, L)
   assert abs(law.sum() - 1) < 1e-12 and 0.5 * np.abs(law - p_data).sum() > 0.01
   n = 50_000
-  draws, _ = testbed.oracle_reverse_sample(rng, _draw(rng, start, n), marginals, sites, A)
-  noise = testbed.total_variation(_draw(rng, law, n), law, A)
-  assert testbed.total_variation(draws, law, A) < 2 * noise + 0.01
+  draws, _ = oracle.oracle_reverse_sample(rng, _draw(rng, start, n), marginals, sites, A)
+  noise = oracle.total_variation(_draw(rng, law, n), law, A)
+  assert oracle.total_variation(draws, law, A) < 2 * noise + 0.01
 
 
 def test_rows_are_well_formed():
-  for name, row in testbed.ROWS.items():
+  for name, row in config.ROWS.items():
     if row.kind == "oracle":
-      assert row.source in testbed.ROWS, name
-      assert list(testbed.ROWS).index(row.source) < list(testbed.ROWS).index(name)
-  assert set(SMOKE_ROWS) <= set(testbed.ROWS)
-  assert {testbed.ROWS[name].kind for name in SMOKE_ROWS} == set(testbed.KINDS)
-  smoke_losses = {b for name in SMOKE_ROWS for b in testbed.ROWS[name].bindings if "loss" in b}
-  all_losses = {b for row in testbed.ROWS.values() for b in row.bindings if "loss" in b}
+      assert row.source in config.ROWS, name
+      assert list(config.ROWS).index(row.source) < list(config.ROWS).index(name)
+  assert set(SMOKE_ROWS) <= set(config.ROWS)
+  assert {config.ROWS[name].kind for name in SMOKE_ROWS} == set(config.KINDS)
+  smoke_losses = {b for name in SMOKE_ROWS for b in config.ROWS[name].bindings if "loss" in b}
+  all_losses = {b for row in config.ROWS.values() for b in row.bindings if "loss" in b}
   assert smoke_losses == all_losses
 
 
@@ -131,14 +130,14 @@ SMOKE_ROWS = ("causal_lm", "mdlm", "prior", "teacher_gibbs_n3", "glauber_ce_n3",
 
 def test_smoke_preset_end_to_end(tmp_path):
   out = tmp_path / "smoke"
-  table = testbed.main(["--preset=smoke", f"--out={out}", f"--rows={','.join(SMOKE_ROWS)}"])
+  table = testbed_cli.main(["--preset=smoke", f"--out={out}", f"--rows={','.join(SMOKE_ROWS)}"])
   with open(out / "table.json", encoding="utf-8") as f:
     rows = json.load(f)
   assert rows == json.loads(json.dumps(table))
   assert os.path.getsize(out / "table.md") > 0
   for variant in ("hmm", "enum"):
     names = [r["model"] for r in rows if r["variant"] == variant]
-    expected = [n for n, row in testbed.ROWS.items()
+    expected = [n for n, row in config.ROWS.items()
                 if variant in row.variants and n in SMOKE_ROWS]
     assert names == expected
   for row in rows:
@@ -150,7 +149,7 @@ def test_smoke_preset_end_to_end(tmp_path):
     if row["variant"] == "enum":
       assert math.isfinite(row["tv"]) and math.isfinite(row["tv_noise"])
     # Rows that start from a draft are also judged on the draft (before their rounds).
-    from_draft = row["kind"] in testbed.ROUNDS_KINDS
+    from_draft = row["kind"] in config.ROUNDS_KINDS
     assert (row.get("draft_true_nll") is not None) == from_draft, row["model"]
   md = (out / "table.md").read_text()
   assert "python -m glauber_jax.testbed --preset=smoke" in md and "oracle_n3" in md

@@ -56,6 +56,10 @@ class Denoiser(Protocol):
   def training_flops(self, input_length: int, output_length: int) -> float:
     """Training FLOPs (forward + backward) of one example of these lengths (0: unknown)."""
 
+  def is_added_param(self, path: tuple[str, ...]) -> bool:
+    """Whether the parameter at ``path`` is new to this denoiser, so absent from the source
+    checkpoint it starts from (the DiT's time parameters)."""
+
 
 class Process(abc.ABC):
   """One discrete-diffusion family behind the interface ``models.DiffusionModel`` drives.

@@ -1,343 +1,70 @@
-r"""The synthetic testbed: every sampler against the exact truth, at matched size and compute.
+"""The testbed's runner: trains, samples and judges every row of one invocation under gin.
 
-    python -m glauber_jax.testbed --preset=smoke|quick|full --out=DIR \
-        [--variant=hmm|enum|both] [--language_seed=S] [--rows=NAME,NAME] [--gin.NAME=VALUE ...]
-
-For each variant (``hmm``: the hidden Markov language of ``synthetic_lm``/``synthetic_ul2``, 64
-letters, ``L = 32``; ``enum``: the enumerable 4-letter Markov chain of ``synthetic_enum_*``,
-``L = 6``) it trains and samples every row of ``ROWS`` in this process, through the library's
-own entry points (``train.train`` and ``infer.infer`` under gin, as ``glauber_jax.quickstart``
-does), judges every row's samples with ``synthetic.exact_judge_row`` and writes
-``DIR/table.json`` (one dict per row) and ``DIR/table.md`` (a table per variant, with the
-command and the date on top).
-
-Rows (``ROWS``; a row is one line there: its kind and its extra gin bindings):
-
-- ``causal_lm``, ``mdlm``: the baselines (``gin/ar_tiny.gin``, ``gin/mdlm_tiny.gin``) on the
-  ``lm`` task.
-- ``prior``: CAUSAL-GEN of the UL2 pretrained on the ``ul2`` task (``gin/ul2_tiny.gin``),
-  sampled as ``infer --mode=causal`` does for a UL2 checkpoint.
-- ``teacher_gibbs_n<N>``: that draft plus ``N`` reverse rounds whose kernel is the UL2's own
-  MASK-INFILL: the Glauber DiT converted from the UL2 with no Glauber training.
-- ``glauber_<loss>_n<N>``: Glauber DiTs (``gin/ul2_tiny_glauber.gin``) trained from the UL2 with
-  that loss on the ``N``-round chain, each sampled with its own ``N`` (``ce_all_sites`` in the
-  ``literal`` training mode: with the trajectory buffer it memorises the few data rows the
-  chains hold, ``docs/results.md``).
-- ``oracle_n<N>`` (``enum`` only): the exact reverse process of the ``N``-round chain whose
-  forward kernel is the trained DiT's teacher (``oracle_forward_marginals``,
-  ``oracle_reverse_sample``), started from the ``prior`` row's drafts.
-- ``perturbed_prior``, ``perturbed_oracle_n<N>`` (``enum`` only; NumPy, no model): the
-  controlled case with a known error to correct. The teacher is the exact conditional of a
-  perturbed language ``p'`` (``perturbation``), the prior draws from ``p'`` itself (the paper's
-  premise: CAUSAL-GEN samples the energy model's own law), and ``N`` exact reverse rounds of the
-  chain started from ``p_data`` carry the drafts back towards ``p_data``. These rows also give
-  ``tv_exact``, the total variation of the row's exact output law (no sampling noise).
-
-Sizes (steps, batch, samples, model dimensions) come from ``gin/testbed/<preset>.gin``
-(``Budget`` and the networks' shapes; ``<variant>/Budget.*`` scopes set a variant's own
-budget); settings every Glauber row shares from ``gin/testbed/glauber.gin``. ``--gin.X=Y``
-bindings apply to every run (``--language_seed=S`` is ``synthetic_language_config.seed`` and
-``synthetic_enum_config.seed``); ``--rows=a,b`` runs only those rows. Everything goes under
-``DIR/<variant>/<row>`` (the shared UL2 in ``DIR/<variant>/ul2``). The gin files are read from
-a snapshot of ``gin/`` taken at the start (``DIR/gin``), so one invocation sees one
-configuration. A finished row is reused by a rerun whose configuration for it is unchanged
-(its ``spec.json`` holds a digest of every parsed binding; ``row.json`` the result), an
-unfinished one resumes from its checkpoints, and a row whose configuration changed is refused
-(delete its directory or pick another ``--out``).
+Each run goes through the library's own entry points (``train.train``, ``infer.infer``) with the
+row's gin files and bindings, in this process; the synthetic tasks' registry functions come in
+from the command line (``SyntheticRegistry``), as the library never imports ``tasks``.
 """
 
 from __future__ import annotations
 
-import sys
-
-if __name__ == "__main__":  # Run as glauber_jax.testbed, so gin and the registries see one module.
-  from glauber_jax import testbed as _entry_point
-  _entry_point.main(sys.argv[1:])
-  sys.exit(0)
-
 import contextlib
 import dataclasses
-import datetime
 import functools
 import hashlib
-import itertools
 import json
-import math
 import os
-import shlex
 import shutil
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import gin_utils, infer, summaries, synthetic, train
-
-PRESETS = ("smoke", "quick", "full")
-VARIANTS = ("hmm", "enum")
-KINDS = ("causal_lm", "mdlm", "prior", "glauber", "oracle", "perturbed")
-#: Kinds whose samples are a CAUSAL-GEN draft plus reverse rounds (judged on both).
-ROUNDS_KINDS = ("glauber", "oracle", "perturbed")
-LOSS = "glauber_process.GlauberProcess.loss = '{}'"
-#: Algorithm 1's fresh data row per pair: ``ce_all_sites`` memorises the buffer's few rows.
-LITERAL = "glauber_process.GlauberProcess.training_mode = 'literal'"
+from glauber_jax import (gin_utils, infer, summaries, synthetic, synthetic_judge, train,
+                         vocabularies)
+from glauber_jax.testbed import oracle, report
+from glauber_jax.testbed.config import (ROUNDS_KINDS, ROWS, Budget, Row, VariantSetup,
+                                        compile_options, configured_model, perturbation)
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-  """One row of the table.
+class SyntheticRegistry(Protocol):
+  """The synthetic tasks' functions of ``tasks.registry`` the runner reads (the module itself
+  satisfies it), each under the current gin configuration."""
 
-  Attributes:
-    kind: ``causal_lm``, ``mdlm``, ``prior`` (the UL2's CAUSAL-GEN), ``glauber`` (a Glauber DiT
-      from the UL2, sampled with its ``NUM_ROUNDS``), ``oracle`` (the exact reverse process) or
-      ``perturbed`` (the exact reverse process of a perturbed language's chain).
-    bindings: gin bindings of this row's runs, after the variant's and the preset's.
-    train: ``glauber`` only: False samples the DiT converted from the UL2 with no Glauber
-      training (the UL2's own MASK-INFILL as the reverse kernel).
-    source: ``oracle`` only: the ``glauber`` row whose checkpoint holds the teacher (the
-      forward kernel) and whose ``NUM_ROUNDS`` and permutations the oracle reverses.
-    variants: the variants that have this row.
-    rounds: ``perturbed`` only: the rounds ``N`` of its chain (0: the perturbed prior's drafts).
-  """
+  def synthetic_config(self, kind: str) -> synthetic.SyntheticConfig:
+    """The configuration of the synthetic language ``kind`` (``hmm`` or ``enum``)."""
 
-  kind: str
-  bindings: tuple[str, ...] = ()
-  train: bool = True
-  source: Optional[str] = None
-  variants: tuple[str, ...] = VARIANTS
-  rounds: int = 0
+  def synthetic_language(self, kind: str) -> synthetic.HiddenMarkovLanguage:
+    """The language of the synthetic tasks of ``kind``."""
 
-  def __post_init__(self) -> None:
-    if self.kind not in KINDS:
-      raise ValueError(f"row kind {self.kind!r} not in {KINDS}.")
-    if (self.kind == "oracle") != (self.source is not None):
-      raise ValueError("an oracle row, and only an oracle row, names a source row.")
-
-
-#: The rows, in the order they run (an oracle after its source). Adding a row is one line.
-ROWS: dict[str, Row] = {
-    "causal_lm": Row("causal_lm"),
-    "mdlm": Row("mdlm"),
-    "prior": Row("prior"),
-    "teacher_gibbs_n1": Row("glauber", ("NUM_ROUNDS = 1",), train=False),
-    "teacher_gibbs_n3": Row("glauber", ("NUM_ROUNDS = 3",), train=False),
-    "glauber_ce_n1": Row("glauber", ("NUM_ROUNDS = 1", LOSS.format("ce"))),
-    "glauber_ce_n3": Row("glauber", ("NUM_ROUNDS = 3", LOSS.format("ce"))),
-    "glauber_ce_all_sites_n1": Row("glauber", ("NUM_ROUNDS = 1", LOSS.format("ce_all_sites"),
-                                               LITERAL)),
-    "glauber_ce_all_sites_n3": Row("glauber", ("NUM_ROUNDS = 3", LOSS.format("ce_all_sites"),
-                                               LITERAL)),
-    "glauber_se_n1": Row("glauber", ("NUM_ROUNDS = 1", LOSS.format("score_entropy"))),
-    "glauber_se_n3": Row("glauber", ("NUM_ROUNDS = 3", LOSS.format("score_entropy"))),
-    "oracle_n1": Row("oracle", source="glauber_ce_n1", variants=("enum",)),
-    "oracle_n3": Row("oracle", source="glauber_ce_n3", variants=("enum",)),
-    "perturbed_prior": Row("perturbed", variants=("enum",)),
-    "perturbed_oracle_n1": Row("perturbed", variants=("enum",), rounds=1),
-    "perturbed_oracle_n3": Row("perturbed", variants=("enum",), rounds=3),
-}
-
-
-@gin.configurable
-def perturbation(strength: float = 0.5, seed: int = 1, concentration: float = 0.5
-                 ) -> tuple[float, int, float]:
-  """The perturbed language of the ``perturbed`` rows: ``language.perturbed(strength, seed,
-  concentration)`` (``synthetic.HiddenMarkovLanguage.perturbed``)."""
-  return strength, seed, concentration
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class Budget:
-  """A preset's budget for one variant (``gin/testbed/<preset>.gin``; ``hmm/Budget.x`` and
-  ``enum/Budget.x`` scope a value to one variant).
-
-  Attributes:
-    ul2_steps: UL2 pretraining steps (shared by ``prior``, the Glauber rows and the oracles).
-    baseline_steps: training steps of ``causal_lm`` and ``mdlm``.
-    glauber_steps: Glauber training steps of each trained ``glauber`` row (after the UL2's).
-    batch_size: ``BATCH_SIZE`` of every training run.
-    num_samples: samples per row (every row the same).
-    sample_batch_size: rows per compiled sampling call.
-    oracle_batch_size: teacher calls per batch when the oracle tabulates the forward kernel.
-  """
-
-  ul2_steps: int = 100
-  baseline_steps: int = 100
-  glauber_steps: int = 100
-  batch_size: int = 32
-  num_samples: int = 256
-  sample_batch_size: int = 128
-  oracle_batch_size: int = 4096
-
-
-@gin.configurable
-def compile_options(persistent_cache: bool = False, fast: bool = False,
-                    cache_min_compile_seconds: float = 1.0) -> tuple[bool, bool, float]:
-  """How this process compiles (a preset's setting; the smoke preset turns both on).
-
-  Args:
-    persistent_cache: keep compiled programs in ``DIR/.jax_cache`` (JAX's persistent
-      compilation cache, keyed by the program), so rows and variants whose programs are the same
-      (the smoke preset gives both variants one shape) and reruns compile once.
-    fast: ``jax_disable_most_optimizations``: compiles about twice as fast, runs slower; the
-      results are the same.
-    cache_min_compile_seconds: cache only programs that took this long to compile (0: every
-      program, the eager initialisation's small ones too, which pays when both variants share
-      their shapes, as in the smoke preset).
-  """
-  return persistent_cache, fast, cache_min_compile_seconds
-
-
-@gin.configurable
-def configured_model(model: Any = gin.REQUIRED) -> Any:
-  """The ``%MODEL`` of the parsed configuration (``configured_model.model = %MODEL``)."""
-  return model
-
-
-@dataclasses.dataclass(frozen=True)
-class VariantSetup:
-  """What one variant's runs share: the tasks, lengths and vocabulary size (from gin)."""
-
-  name: str
-  lm_task: str
-  ul2_task: str
-  seq_len: int
-  ul2_lengths: dict[str, int]
-  vocab_size: int
-  budget: Budget
-
-  @property
-  def enumerable(self) -> bool:
-    return self.name == "enum"
-
-  def lm_bindings(self) -> list[str]:
-    return [f"MIXTURE_OR_TASK_NAME = '{self.lm_task}'", f"SEQ_LEN = {self.seq_len}",
-            f"single_stack.SingleStackConfig.vocab_size = {self.vocab_size}",
-            f"single_stack.SingleStackConfig.max_length = {self.seq_len}",
-            f"network.NetworkConfig.vocab_size = {self.vocab_size}"]
-
-  def ul2_bindings(self) -> list[str]:
-    return [f"MIXTURE_OR_TASK_NAME = '{self.ul2_task}'",
-            f"TASK_FEATURE_LENGTHS = {self.ul2_lengths!r}",
-            f"network.NetworkConfig.vocab_size = {self.vocab_size}"]
-
-
-# ---- The exact oracle (NumPy) ------------------------------------------------------------------
-
-
-def state_index(values: np.ndarray, num_values: int) -> np.ndarray:
-  """Index of each row of ``values [n, L]`` (ints in ``0..A-1``) among the ``A ** L`` states,
-  first site most significant (row-major order of an ``[A] * L`` array)."""
-  values = np.asarray(values, np.int64)
-  powers = num_values ** np.arange(values.shape[-1] - 1, -1, -1, dtype=np.int64)
-  return values @ powers
-
-
-def context_index(values: np.ndarray, site: int, num_values: int) -> np.ndarray:
-  """Index of ``x_{-site}`` among the ``A ** (L - 1)`` contexts (the other sites in order)."""
-  return state_index(np.delete(np.asarray(values), site, axis=-1), num_values)
-
-
-def all_states(num_values: int, length: int) -> np.ndarray:
-  """``[A ** L, L]``: every state in ``state_index`` order."""
-  return np.asarray(list(itertools.product(range(num_values), repeat=length)), np.int64).reshape(
-      num_values ** length, length)
-
-
-def oracle_forward_marginals(p_data: np.ndarray, kernels: Sequence[np.ndarray],
-                             sites: Sequence[int], num_values: int, length: int) -> np.ndarray:
-  """Exact forward marginals ``[T + 1, A ** L]`` of the Glauber chain.
-
-  ``p_data [A ** L]`` is ``p_0``; ``kernels[k] [A ** (L - 1), A]`` is the forward kernel of site
-  ``k``, ``q(x_k = . | x_{-k})`` by ``context_index``; step ``t`` redraws site ``sites[t - 1]``:
-  ``p_t(y) = sum_a p_{t-1}(y_{-k}, a) q(y_k | y_{-k})``.
-  """
-  shape = (num_values,) * length
-  marginals = [np.asarray(p_data, np.float64)]
-  for site in sites:
-    p = np.moveaxis(marginals[-1].reshape(shape), site, -1).reshape(-1, num_values)
-    p = p.sum(-1, keepdims=True) * kernels[site]
-    marginals.append(np.moveaxis(p.reshape(shape), -1, site).reshape(-1))
-  return np.stack(marginals)
-
-
-def oracle_reverse_sample(rng: np.random.Generator, values: np.ndarray, marginals: np.ndarray,
-                          sites: Sequence[int], num_values: int) -> tuple[np.ndarray, int]:
-  """The exact reverse process from ``values [n, L]`` (a prior's draws, ints ``0..A-1``).
-
-  For ``t = T..1`` redraws site ``k = sites[t - 1]`` from ``p_{t-1}(x_k = . | x_{-k})``, i.e.
-  proportional to ``p_{t-1}(x_{-k}, .)`` (``marginals`` from ``oracle_forward_marginals``).
-  A context of probability zero under ``p_{t-1}`` (a prior off the chain's support) leaves the
-  site as it is; returns the samples and how many such undefined steps there were.
-  """
-  values = np.array(values, np.int64)
-  length = values.shape[1]
-  shape = (num_values,) * length
-  undefined = 0
-  for t in range(len(sites), 0, -1):
-    site = int(sites[t - 1])
-    table = np.moveaxis(marginals[t - 1].reshape(shape), site, -1).reshape(-1, num_values)
-    rows = table[context_index(values, site, num_values)]
-    mass = rows.sum(-1)
-    defined = mass > 0
-    undefined += int(np.sum(~defined))
-    cumulative = np.cumsum(rows[defined], -1) / mass[defined, None]
-    draws = (rng.random((int(defined.sum()), 1)) < cumulative).argmax(-1)
-    values[defined, site] = draws
-  return values, undefined
-
-
-def oracle_reverse_law(start: np.ndarray, marginals: np.ndarray, sites: Sequence[int],
-                       num_values: int, length: int) -> np.ndarray:
-  """The exact law ``[A ** L]`` of ``oracle_reverse_sample``'s output when its input has law
-  ``start``: each step replaces site ``k``'s value by a draw from ``p_{t-1}(x_k | x_{-k})``, and
-  a context of probability zero under ``p_{t-1}`` keeps its value."""
-  shape = (num_values,) * length
-  law = np.asarray(start, np.float64)
-  for t in range(len(sites), 0, -1):
-    site = int(sites[t - 1])
-    table = np.moveaxis(marginals[t - 1].reshape(shape), site, -1).reshape(-1, num_values)
-    current = np.moveaxis(law.reshape(shape), site, -1).reshape(-1, num_values)
-    mass = table.sum(-1, keepdims=True)
-    redrawn = current.sum(-1, keepdims=True) * table / np.where(mass > 0, mass, 1.0)
-    law = np.moveaxis(np.where(mass > 0, redrawn, current).reshape(shape), -1, site).reshape(-1)
-  return law
-
-
-def exact_conditional_kernels(p: np.ndarray, num_values: int, length: int) -> list[np.ndarray]:
-  """``kernels[k] [A ** (L - 1), A]``: the exact ``p(x_k = . | x_{-k})`` of a table ``p``."""
-  shape = (num_values,) * length
-  kernels = []
-  for site in range(length):
-    joint = np.moveaxis(np.asarray(p, np.float64).reshape(shape), site, -1).reshape(
-        -1, num_values)
-    mass = joint.sum(-1, keepdims=True)
-    kernels.append(np.where(mass > 0, joint / np.where(mass > 0, mass, 1.0), 1.0 / num_values))
-  return kernels
-
-
-def total_variation(values: np.ndarray, p: np.ndarray, num_values: int) -> float:
-  """TV between the empirical law of ``values [n, L]`` and ``p [A ** L]``."""
-  counts = np.bincount(state_index(values, num_values), minlength=p.size)
-  return float(0.5 * np.abs(counts / len(values) - p).sum())
-
-
-# ---- Running rows ------------------------------------------------------------------------------
+  def synthetic_vocabulary(self, kind: str) -> vocabularies.LetterVocabulary:
+    """The vocabulary of the synthetic tasks of ``kind``: one id per letter."""
 
 
 class Testbed:
-  """Runs the rows of one invocation and collects the table."""
+  """Runs the rows of one invocation and collects the table.
+
+  Args:
+    preset: the preset (``gin/testbed/<preset>.gin``).
+    out: the directory of the table and every run.
+    variants: the variants to run, of ``VARIANTS``.
+    overrides: gin bindings every run applies last.
+    command: the command line, for the table's header.
+    registry: the synthetic tasks' functions (``tasks.registry``, from the command line).
+    rows: the rows to run (all of ``ROWS`` if None).
+  """
 
   def __init__(self, preset: str, out: str, variants: Sequence[str], overrides: Sequence[str],
-               command: str, rows: Optional[Sequence[str]] = None) -> None:
+               command: str, registry: SyntheticRegistry,
+               rows: Optional[Sequence[str]] = None) -> None:
     self.preset = preset
     self.out = os.path.abspath(out)
     self.variants = list(variants)
     self.overrides = list(overrides)
     self.command = command
+    self.registry = registry
     self.rows = list(ROWS) if rows is None else list(rows)
     unknown = [name for name in self.rows if name not in ROWS]
     if unknown:
@@ -398,11 +125,10 @@ class Testbed:
 
   def variant_setup(self, variant: str) -> VariantSetup:
     """The variant's lengths and vocabulary under the current gin configuration."""
-    from tasks import registry  # pylint: disable=import-outside-toplevel
     from glauber_jax import denoisers  # pylint: disable=import-outside-toplevel
 
     def query() -> VariantSetup:
-      config = registry.synthetic_config(variant)
+      config = self.registry.synthetic_config(variant)
       length = config.sequence_length
       mixture = denoisers.ul2_denoisers()
       inputs = length + 2
@@ -419,7 +145,7 @@ class Testbed:
       prefix = "synthetic" if variant == "hmm" else "synthetic_enum"
       return VariantSetup(variant, f"{prefix}_lm", f"{prefix}_ul2", length,
                           {"inputs": inputs, "targets": length + 1},
-                          registry.synthetic_vocabulary(variant).vocab_size, budget)
+                          self.registry.synthetic_vocabulary(variant).vocab_size, budget)
 
     gin.clear_config()
     try:
@@ -592,12 +318,12 @@ class Testbed:
       compute["train_steps"] += ul2["train_steps"]
       compute["train_flops"] += ul2["train_flops"]
     elif row.kind == "perturbed":
-      records, vocabulary, exact = self.perturbed(setup, name, row, directory)
+      records, vocabulary, exact = self.perturbed_row(setup, name, row, directory)
       compute = {"parameters": 0, "train_steps": 0, "batch_size": 0, "train_flops": 0.0,
                  "exact": exact}
       calls, train_detail = 0, "none: exact tables"
     else:
-      records, model, calls = self.oracle(setup, name, row, directory, finished)
+      records, model, calls = self.oracle_row(setup, name, row, directory, finished)
       source = finished[row.source]
       compute = {key: source[key] for key in ("parameters", "train_steps", "batch_size",
                                               "train_flops")}
@@ -612,31 +338,31 @@ class Testbed:
         "seconds": time.perf_counter() - start, **{k: v for k, v in compute.items()
                                                    if k == "seconds_ul2"},
         "bindings": list(row.bindings)})
-    for report in ("teacher", "exact"):
-      result.update(compute.get(report, {}))
+    for part in ("teacher", "exact"):
+      result.update(compute.get(part, {}))
     if "last_metrics" in compute:
       result["last_train_metrics"] = compute["last_metrics"]
     with open(os.path.join(directory, "row.json"), "w", encoding="utf-8") as f:
       json.dump(result, f, indent=1)
-    self.log(f"{setup.name}/{name}: true_nll {_fmt(result['true_nll'])} (data "
-             f"{_fmt(result['data_nll'])}, drafts {_fmt(result.get('draft_true_nll'))}), "
-             f"entropy {_fmt(result['entropy'])}"
-             + (f", tv {_fmt(result.get('tv'))} (noise {_fmt(result.get('tv_noise'))})"
+    fmt = report.fmt
+    self.log(f"{setup.name}/{name}: true_nll {fmt(result['true_nll'])} (data "
+             f"{fmt(result['data_nll'])}, drafts {fmt(result.get('draft_true_nll'))}), "
+             f"entropy {fmt(result['entropy'])}"
+             + (f", tv {fmt(result.get('tv'))} (noise {fmt(result.get('tv_noise'))})"
                 if setup.enumerable else "") + f"; {result['seconds']:.0f} s")
     return result
 
   def judge(self, setup: VariantSetup, name: str, row: Row, records: list[dict[str, Any]],
             vocabulary: Any) -> dict[str, Any]:
     """The exact judge's row for the samples, under the same gin configuration."""
-    from tasks import registry  # pylint: disable=import-outside-toplevel
 
     def entry() -> dict[str, Any]:
-      language = registry.synthetic_language(setup.name)
-      judged = synthetic.exact_judge_row([r["token_ids"] for r in records], language,
-                                         vocabulary, setup.enumerable)
+      language = self.registry.synthetic_language(setup.name)
+      judged = synthetic_judge.exact_judge_row([r["token_ids"] for r in records], language,
+                                               vocabulary, setup.enumerable)
       if row.kind in ROUNDS_KINDS:  # The same judge on the row's own drafts, before its rounds.
         drafts = [r["causal_draft_ids"] for r in records]
-        of_drafts = synthetic.exact_judge_row(drafts, language, vocabulary, setup.enumerable)
+        of_drafts = synthetic_judge.exact_judge_row(drafts, language, vocabulary, setup.enumerable)
         judged.update({f"draft_{key}": of_drafts[key] for key in
                        ("true_nll", "true_nll_se", "entropy", "tv") if key in of_drafts})
       return judged
@@ -662,10 +388,9 @@ class Testbed:
     entropy. A teacher near the unigram level redraws sites without regard to their context."""
 
     def entry() -> dict[str, float]:
-      from tasks import registry  # pylint: disable=import-outside-toplevel
       model = configured_model()
       teacher = infer.load_inference_params(model, checkpoint, num_sequences)[1]["teacher"]
-      language = registry.synthetic_language(setup.name)
+      language = self.registry.synthetic_language(setup.name)
       rng = np.random.default_rng((0, 17))
       letters = language.sample(rng, num_sequences, setup.seq_len)
       sites = rng.integers(0, setup.seq_len, num_sequences)
@@ -684,7 +409,7 @@ class Testbed:
 
     return self.run(files, bindings, entry)
 
-  def oracle(self, setup: VariantSetup, name: str, row: Row, directory: str,
+  def oracle_row(self, setup: VariantSetup, name: str, row: Row, directory: str,
              finished: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], Any, int]:
     """The exact reverse process of the source row's chain, from the prior row's drafts."""
     if not setup.enumerable:
@@ -702,11 +427,10 @@ class Testbed:
     self.log(f"{setup.name}/{name}: tabulating the teacher of {row.source}")
 
     def entry() -> tuple[Any, Any, np.ndarray]:
-      from tasks import registry  # pylint: disable=import-outside-toplevel
       model = configured_model()
       teacher = infer.load_inference_params(model, source_dir,
                                             budget.sample_batch_size)[1]["teacher"]
-      return model, teacher, registry.synthetic_language(setup.name)
+      return model, teacher, self.registry.synthetic_language(setup.name)
 
     model, teacher, language = self.run(files, bindings, entry)
     log_p = language.enumerate_log_probs(setup.seq_len)
@@ -722,9 +446,10 @@ class Testbed:
     letter_tokens = np.asarray([model.vocabulary.encode(c)[0] for c in
                                 synthetic.alphabet(language.num_letters)], np.int64)
     p_data = np.zeros(num_values ** length)
-    p_data[state_index(value_of_token[letter_tokens[letters]], num_values)] = np.exp(log_p)
+    states = oracle.state_index(value_of_token[letter_tokens[letters]], num_values)
+    p_data[states] = np.exp(log_p)
     sites = model.process.schedule.sites()
-    marginals = oracle_forward_marginals(p_data, kernels, sites, num_values, length)
+    marginals = oracle.oracle_forward_marginals(p_data, kernels, sites, num_values, length)
     with open(os.path.join(self.row_dir(setup.name, "prior"), "samples.jsonl"),
               encoding="utf-8") as f:
       prior = [json.loads(line)["token_ids"] for line in f if line.strip()]
@@ -732,7 +457,7 @@ class Testbed:
     if np.any(drafts < 0):
       raise ValueError(f"row {name}: a prior sample holds a token the chain cannot hold.")
     rng = np.random.default_rng((0, model.process.schedule.num_rounds))
-    final, undefined = oracle_reverse_sample(rng, drafts, marginals, sites, num_values)
+    final, undefined = oracle.oracle_reverse_sample(rng, drafts, marginals, sites, num_values)
     self.log(f"{setup.name}/{name}: {len(sites)} exact reverse steps on {len(final)} drafts "
              f"({undefined} undefined)")
     tokens = allowed[final]
@@ -749,7 +474,7 @@ class Testbed:
                  "sites": sites.tolist()}, f, indent=1)
     return records, model, 0
 
-  def perturbed(self, setup: VariantSetup, name: str, row: Row, directory: str
+  def perturbed_row(self, setup: VariantSetup, name: str, row: Row, directory: str
                 ) -> tuple[list[dict[str, Any]], Any, dict[str, float]]:
     """The controlled rows: a teacher that is the exact conditional of a perturbed language
     ``p'``, drafts drawn from ``p'``, and ``row.rounds`` exact reverse rounds of the chain that
@@ -758,12 +483,11 @@ class Testbed:
     (each to ``p_data``)."""
     if not setup.enumerable:
       raise ValueError(f"row {name}: the perturbed rows need the enumerable variant.")
-    from tasks import registry  # pylint: disable=import-outside-toplevel
     from glauber_jax.processes import glauber  # pylint: disable=import-outside-toplevel
 
     def entry() -> tuple[Any, Any, tuple[float, int, float]]:
-      return (registry.synthetic_language(setup.name), registry.synthetic_vocabulary(setup.name),
-              perturbation())
+      return (self.registry.synthetic_language(setup.name),
+              self.registry.synthetic_vocabulary(setup.name), perturbation())
 
     language, vocabulary, (strength, seed, concentration) = self.run(
         [self.gin_path("ul2_tiny.gin")], row.bindings, entry)
@@ -778,10 +502,10 @@ class Testbed:
     final, law = drafts, p_prior
     if row.rounds:
       sites = glauber.GlauberSchedule.from_seed(length, row.rounds, seed).sites()
-      kernels = exact_conditional_kernels(p_prior, num_values, length)
-      marginals = oracle_forward_marginals(p_data, kernels, sites, num_values, length)
-      final, _ = oracle_reverse_sample(rng, drafts, marginals, sites, num_values)
-      law = oracle_reverse_law(p_prior, marginals, sites, num_values, length)
+      kernels = oracle.exact_conditional_kernels(p_prior, num_values, length)
+      marginals = oracle.oracle_forward_marginals(p_data, kernels, sites, num_values, length)
+      final, _ = oracle.oracle_reverse_sample(rng, drafts, marginals, sites, num_values)
+      law = oracle.oracle_reverse_law(p_prior, marginals, sites, num_values, length)
       exact["tv_exact_p_T"] = float(0.5 * np.abs(marginals[-1] - p_data).sum())
     exact["tv_exact"] = float(0.5 * np.abs(law - p_data).sum())
     self.log(f"{setup.name}/{name}: exact TV to p_data {exact['tv_exact']:.4f} (the perturbed "
@@ -802,7 +526,7 @@ class Testbed:
     """``kernels[k] [A ** (L - 1), A]``: the forward kernel ``q(x_k = . | x_{-k})`` of every
     site and context, in a few batched teacher calls (float64, renormalised over ``allowed``)."""
     num_values = len(allowed)
-    contexts = all_states(num_values, length - 1)
+    contexts = oracle.all_states(num_values, length - 1)
     teacher_fn = jax.jit(functools.partial(model.process.teacher_log_probs, model.denoiser))
     kernels = []
     for site in range(length):
@@ -864,108 +588,4 @@ class Testbed:
     with open(os.path.join(self.out, "table.json"), "w", encoding="utf-8") as f:
       json.dump(table, f, indent=1)
     with open(os.path.join(self.out, "table.md"), "w", encoding="utf-8") as f:
-      f.write(markdown_table(table, self.command, self.preset))
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-  if value is None:
-    return "-"
-  if isinstance(value, float):
-    if math.isnan(value):
-      return "nan"
-    return f"{value:.{digits}f}"
-  return str(value)
-
-
-def markdown_table(table: Sequence[dict[str, Any]], command: str, preset: str) -> str:
-  """``table.md``: the command and date, then one table per variant."""
-  lines = [f"# Synthetic testbed ({preset})", "",
-           f"Command: `{command}`", "",
-           f"Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}", "",
-           "`true_nll`: mean exact `-log p(x) / L` of the samples (nats/token; +- standard "
-           "error), `draft_nll` the same for the row's own CAUSAL-GEN drafts before its rounds, "
-           "`data_nll` for data; `entropy`: token entropy of the samples "
-           "(`data_entropy` of as many data sequences); `tv`: total variation to the exact law, "
-           "with `tv_noise` the floor of a perfect sampler of as many samples; `invalid`: "
-           "samples holding a non-letter; `changed`: mean sites the rounds changed; `calls`: "
-           "model calls per sample; `train steps`: optimizer steps behind the row (batch in "
-           "`training`); `seconds`: this row's own wall time (the UL2's pretraining is "
-           "counted in `prior`).", ""]
-  for variant in VARIANTS:
-    rows = [r for r in table if r["variant"] == variant]
-    if not rows:
-      continue
-    enumerable = any("tv" in r for r in rows)
-    header = ["model", "true_nll", "draft_nll", "data_nll", "entropy", "data_entropy"]
-    if enumerable:
-      header += ["tv", "draft_tv", "tv_noise"]
-    header += ["invalid", "changed", "calls", "samples", "train steps", "training",
-               "parameters", "seconds"]
-    lines += [f"## {variant} (L = {rows[0]['sequence_length']})", "",
-              "| " + " | ".join(header) + " |",
-              "| --- |" + " ---: |" * (len(header) - 1)]
-    for r in rows:
-      nll = _fmt(r["true_nll"]) + (f" +- {r['true_nll_se']:.3f}" if r.get("true_nll_se")
-                                   else "")
-      cells = [r["model"], nll, _fmt(r.get("draft_true_nll")),
-               f"{_fmt(r['data_nll'])} +- {_fmt(r['data_nll_se'])}",
-               _fmt(r["entropy"]), _fmt(r["data_entropy"])]
-      if enumerable:
-        cells += [_fmt(r.get("tv")), _fmt(r.get("draft_tv")), _fmt(r.get("tv_noise"))]
-      seconds = r["seconds"] + r.get("seconds_ul2", 0.0)
-      cells += [_fmt(r["invalid_fraction"]), _fmt(r.get("sites_changed"), 1),
-                str(r["sampling_calls"] or "exact"), str(r["num_samples"]),
-                str(r["train_steps"]), r["train_detail"], f"{r['parameters']:,}",
-                f"{seconds:.0f}"]
-      lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    for r in rows:
-      if r.get("teacher_infill_nll") is not None:
-        lines += [f"The UL2 as the chain's teacher (`{r['model']}` row's model): MASK-INFILL "
-                  f"cross entropy {r['teacher_infill_nll']:.3f} nats at a uniform site of "
-                  f"fresh data, against the language's exact infill "
-                  f"{r['exact_infill_nll']:.3f} and its unigram entropy "
-                  f"{r['unigram_entropy']:.3f}.", ""]
-  return "\n".join(lines)
-
-
-def main(argv: Sequence[str]) -> list[dict[str, Any]]:
-  """The command line (module docstring); returns the table's rows."""
-  preset, out, variant, seed, rows = None, None, "both", None, None
-  overrides: list[str] = []
-  _, bindings, rest = gin_utils.split_gin_args(argv)
-  overrides.extend(bindings)
-  for arg in rest:
-    name, _, value = arg.partition("=")
-    if name == "--preset" and value:
-      preset = value
-    elif name == "--out" and value:
-      out = value
-    elif name == "--variant" and value:
-      variant = value
-    elif name == "--language_seed" and value:
-      seed = int(value)
-    elif name == "--rows" and value:
-      rows = value.split(",")
-    else:
-      raise SystemExit(__doc__ if arg in ("-h", "--help") else
-                       f"unknown flag {arg!r}; see `python -m glauber_jax.testbed --help`.")
-  if preset not in PRESETS:
-    raise SystemExit(f"--preset must be one of {PRESETS}, got {preset!r}.")
-  if not out:
-    raise SystemExit("give --out=DIR (the table and every run go there).")
-  if variant not in (*VARIANTS, "both"):
-    raise SystemExit(f"--variant must be hmm, enum or both, got {variant!r}.")
-  if seed is not None:  # Before the user's bindings, which win.
-    overrides[:0] = [f"synthetic_language_config.seed = {seed}",
-                     f"synthetic_enum_config.seed = {seed}"]
-  summaries.configure_logging()
-  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  command = "python -m glauber_jax.testbed " + " ".join(shlex.quote(a) for a in argv)
-  bed = Testbed(preset, out, VARIANTS if variant == "both" else (variant,), overrides, command,
-                rows)
-  table = bed.run_all()
-  bed.log(f"wrote {os.path.join(bed.out, 'table.json')} and table.md")
-  with open(os.path.join(bed.out, "table.md"), encoding="utf-8") as f:
-    print(f.read(), flush=True)
-  return table
+      f.write(report.markdown_table(table, self.command, self.preset))
