@@ -63,10 +63,7 @@ class CausalLMModel(models.BaseModel):
 
   def input_shapes(self, batch_size: int, feature_lengths: Mapping[str, int]
                    ) -> dict[str, tuple[int, ...]]:
-    if dict(feature_lengths) != {"targets": self.seq_len}:
-      raise ValueError(f"TASK_FEATURE_LENGTHS must be {{'targets': {self.seq_len}}} (the "
-                       f"model's seq_len), got {dict(feature_lengths)}.")
-    return {"targets": (batch_size, self.seq_len)}
+    return models.targets_input_shapes(batch_size, feature_lengths, self.seq_len)
 
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]
                             ) -> dict[str, Any]:

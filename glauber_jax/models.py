@@ -32,6 +32,16 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Any
 
+def targets_input_shapes(batch_size: int, feature_lengths: Mapping[str, int], seq_len: int
+                         ) -> dict[str, tuple[int, ...]]:
+  """``{"targets": (batch_size, seq_len)}`` for the models of ``{"targets": [B, L]}`` rows;
+  ValueError unless the task's feature lengths are exactly ``{"targets": seq_len}``."""
+  if dict(feature_lengths) != {"targets": seq_len}:
+    raise ValueError(f"TASK_FEATURE_LENGTHS must be {{'targets': {seq_len}}} (the model's "
+                     f"seq_len), got {dict(feature_lengths)}.")
+  return {"targets": (batch_size, seq_len)}
+
+
 ENCODER_DECODER_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
                             "decoder_target_tokens", "decoder_loss_weights")
 
@@ -366,10 +376,7 @@ class DiffusionModel(BaseModel):
 
   def input_shapes(self, batch_size: int, feature_lengths: Mapping[str, int]
                    ) -> dict[str, tuple[int, ...]]:
-    if dict(feature_lengths) != {"targets": self.seq_len}:
-      raise ValueError(f"TASK_FEATURE_LENGTHS must be {{'targets': {self.seq_len}}} (the "
-                       f"process's seq_len), got {dict(feature_lengths)}.")
-    return {"targets": (batch_size, self.seq_len)}
+    return targets_input_shapes(batch_size, feature_lengths, self.seq_len)
 
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]
                             ) -> dict[str, Any]:

@@ -222,7 +222,7 @@ def adafactor_trainer(model: models.DiffusionModel, steps: int) -> trainer.Train
 
 @pytest.mark.parametrize("readout", ["encoder", "decoder"])
 def test_trainer_reaches_the_exact_optimum_of_the_reverse_cross_entropy(readout: str) -> None:
-  """``trainer.Trainer`` on ``GlauberDiffusionModel`` (``ce``, chain buffer, frozen teacher =
+  """``trainer.Trainer`` on the Glauber ``DiffusionModel`` (``ce``, chain buffer, frozen teacher =
   the parameters at initialisation) drives the student's exact expected reverse cross entropy
   to within ``TRAINED_TOLERANCE`` nats of its exact minimum under that teacher.
 
