@@ -144,8 +144,10 @@ class CausalLMModel(models.BaseModel):
         allowed_tokens=jnp.asarray(self.allowed_tokens) if text_only else None)
 
   def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
-              options: sampling.SamplerOptions) -> sampling.Samples:
+              options: sampling.SamplerOptions, inference_state: Mapping[str, Params]
+              ) -> sampling.Samples:
     """``generate`` with the options' temperature, top-k and top-p; no draft."""
+    del inference_state
     return sampling.Samples(None, self.generate(params, rng, batch_size, prefix,
                                                 options.temperature, options.top_k,
                                                 options.top_p))

@@ -129,12 +129,13 @@ def read_prompts(path: str) -> list[str]:
   return prompts
 
 
-def generate(model: models.BaseModel, params: Any, *, mode: str, num_samples: int,
-             batch_size: int, prompts: Sequence[str], options: sampling.SamplerOptions,
-             seed: int) -> Iterator[dict[str, Any]]:
+def generate(model: models.BaseModel, params: Any, inference_state: Mapping[str, Any], *,
+             mode: str, num_samples: int, batch_size: int, prompts: Sequence[str],
+             options: sampling.SamplerOptions, seed: int) -> Iterator[dict[str, Any]]:
   """Yields one JSON-ready record per sample, prompt by prompt (or unconditionally); rows of
   several prompts share a batch when their prefixes have the same number of tokens.
-  ``options`` are the model's checked sampler options (``model.sampler_options``)."""
+  ``options`` are the model's checked sampler options (``model.sampler_options``),
+  ``inference_state`` the checkpoint's (``load_inference_params``)."""
   vocab = model.vocabulary
   settings = {"mode": mode, "model": model.name, "seq_len": model.seq_len,
               **dataclasses.asdict(options), "seed": seed}
@@ -152,7 +153,7 @@ def generate(model: models.BaseModel, params: Any, *, mode: str, num_samples: in
     prefix = jnp.asarray([ids for _, ids in batch], jnp.int32) if prefix_len else None
     start = time.perf_counter()
     samples = model.sample_with(params, jax.random.fold_in(rng, batch_index), rows, prefix,
-                                options)
+                                options, inference_state)
     final = np.asarray(samples.final)
     draft = None if samples.draft is None else np.asarray(samples.draft)
     logging.info("batch of %d in %.2f s", rows, time.perf_counter() - start)
@@ -247,7 +248,7 @@ def infer(*, model: models.BaseModel = gin.REQUIRED,
     print(json.dumps(records[0], indent=1))
   else:
     records = []
-    for record in generate(model, params, mode=mode, num_samples=num_samples,
+    for record in generate(model, params, inference_state, mode=mode, num_samples=num_samples,
                            batch_size=batch_size, prompts=prompts, options=options, seed=seed):
       records.append(record)
       if len(records) <= print_samples:

@@ -189,22 +189,34 @@ class BaseModel(abc.ABC):
     return options
 
   def sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array] = None,
-             **options: Any) -> sampling.Samples:
+             inference_state: Optional[Mapping[str, Params]] = None, **options: Any
+             ) -> sampling.Samples:
     """``batch_size`` samples, the first ``P`` tokens equal to ``prefix [B, P]`` and never
     resampled, in one compiled program per shape and options; ``options`` are the model's
-    ``sampling.SamplerOptions`` by name."""
-    return self.sample_with(params, rng, batch_size, prefix, self.sampler_options(options))
+    ``sampling.SamplerOptions`` by name, ``inference_state`` the ``inference_state_names``
+    entries (missing ones fall back to the parameters)."""
+    return self.sample_with(params, rng, batch_size, prefix, self.sampler_options(options),
+                            inference_state)
+
+  def sample_with(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
+                  options: sampling.SamplerOptions,
+                  inference_state: Optional[Mapping[str, Params]] = None) -> sampling.Samples:
+    """``sample`` with checked options (``sampler_options``' result)."""
+    return self._compiled_sample(params, rng, batch_size, prefix, options,
+                                 dict(inference_state or {}))
 
   @functools.partial(jax.jit, static_argnames=("self", "batch_size", "options"))
-  def sample_with(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
-                  options: sampling.SamplerOptions) -> sampling.Samples:
-    """``sample`` with checked options (``sampler_options``' result)."""
-    return self._sample(nn.meta.unbox(params), rng, batch_size, prefix, options)
+  def _compiled_sample(self, params: Params, rng: Array, batch_size: int,
+                       prefix: Optional[Array], options: sampling.SamplerOptions,
+                       inference_state: Mapping[str, Params]) -> sampling.Samples:
+    return self._sample(nn.meta.unbox(params), rng, batch_size, prefix, options,
+                        nn.meta.unbox(inference_state))
 
   def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
-              options: sampling.SamplerOptions) -> sampling.Samples:
+              options: sampling.SamplerOptions, inference_state: Mapping[str, Params]
+              ) -> sampling.Samples:
     """The sampler, traced under ``sample_with``'s jit; models with a sampler override it."""
-    del params, rng, batch_size, prefix, options
+    del params, rng, batch_size, prefix, options, inference_state
     raise ValueError(f"{type(self).__name__} has no sampler.")
 
   def likelihood_bound(self, params: Params, tokens: Array, rng: Array,
@@ -420,8 +432,10 @@ class DiffusionModel(BaseModel):
     return self.process.draft_options(options)
 
   def _sample(self, params: Params, rng: Array, batch_size: int, prefix: Optional[Array],
-              options: sampling.SamplerOptions) -> sampling.Samples:
-    return self.process.sample(self.denoiser, params, rng, batch_size, prefix, options)
+              options: sampling.SamplerOptions, inference_state: Mapping[str, Params]
+              ) -> sampling.Samples:
+    return self.process.sample(self.denoiser, params, rng, batch_size, prefix, options,
+                               inference_state)
 
   def likelihood_bound(self, params: Params, tokens: Array, rng: Array,
                        inference_state: Optional[Mapping[str, Params]] = None) -> Array:

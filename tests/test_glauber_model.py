@@ -160,9 +160,9 @@ def test_sampler_compiled_prefix_frozen_and_deterministic() -> None:
   # EOS allowed.
   assert (~model.denoiser.allowed_tokens).sum() == VOCAB.special_token_mask().sum() - 1
   assert (np.asarray(draft) != np.asarray(final)).any()  # A random network edits the draft.
-  compiled = model.sample_with._cache_size()  # pylint: disable=protected-access
+  compiled = model._compiled_sample._cache_size()  # pylint: disable=protected-access
   model.sample(params, jax.random.PRNGKey(7), 3, prefix + 1)  # New batch: no recompilation.
-  assert model.sample_with._cache_size() == compiled  # pylint: disable=protected-access
+  assert model._compiled_sample._cache_size() == compiled  # pylint: disable=protected-access
   causal_draft, causal_final = model.sample(params, jax.random.PRNGKey(0), 3, prefix,
                                             num_rounds=0)
   np.testing.assert_array_equal(causal_draft, causal_final)
@@ -171,6 +171,37 @@ def test_sampler_compiled_prefix_frozen_and_deterministic() -> None:
   # The default resolved: the trained N.
   assert options.num_rounds == model.process.schedule.num_rounds
   assert model.draft_options(options).num_rounds == 0
+
+
+def test_frozen_prior_drafts_and_bounds_with_the_teacher() -> None:
+  """prior='frozen': the draft and the bound's prior term are the teacher's CAUSAL-GEN, the
+  rounds the student's MASK-INFILL; 'trained' uses the student's for both."""
+  frozen = make_model(prior="frozen", prior_loss_weight=0.0, teacher_refresh_steps=0)
+  trained = make_model(teacher_refresh_steps=0)
+  student, teacher = init_params(frozen, seed=0), init_params(frozen, seed=1)
+  key = jax.random.PRNGKey(3)
+  frozen_draft, frozen_final = frozen.sample(student, key, 3, inference_state={"teacher": teacher})
+  teacher_draft, teacher_final = trained.sample(teacher, key, 3)
+  student_draft, _ = trained.sample(student, key, 3)
+  np.testing.assert_array_equal(frozen_draft, teacher_draft)
+  assert (np.asarray(frozen_draft) != np.asarray(student_draft)).any()
+  assert (np.asarray(frozen_final) != np.asarray(teacher_final)).any()  # The student's rounds.
+  # The bound's prior term: CAUSAL-GEN of the chain's end state under the prior's parameters.
+  for model, prior_params in ((frozen, teacher), (trained, student)):
+    scored_with = []
+    spy = lambda denoiser, params, tokens, scored_with=scored_with: (
+        scored_with.append(params) or jnp.zeros(tokens.shape[0]))
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(model.process, "prior_log_prob", spy)
+      model.process.likelihood_bound(model.denoiser, student, jnp.asarray(text_batch(4)), key,
+                                     {"teacher": teacher})
+    assert len(scored_with) == 1 and scored_with[0] is prior_params
+  with pytest.raises(ValueError, match="prior_loss_weight = 0"):
+    make_model(prior="frozen", teacher_refresh_steps=0)
+  with pytest.raises(ValueError, match="teacher_refresh_steps = 0"):
+    make_model(prior="frozen", prior_loss_weight=0.0)
+  with pytest.raises(ValueError, match="prior="):
+    make_model(prior="teacher")
 
 
 def test_sampler_options_are_checked() -> None:

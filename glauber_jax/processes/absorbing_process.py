@@ -150,9 +150,11 @@ class AbsorbingProcess(base.Process):
     return dataclasses.replace(options, num_steps=num_steps)
 
   def sample(self, denoiser: AbsorbingDenoiser, params: Params, rng: Array, batch_size: int,
-             prefix: Optional[Array], options: sampling.SamplerOptions) -> sampling.Samples:
+             prefix: Optional[Array], options: sampling.SamplerOptions,
+             inference_state: Mapping[str, Params]) -> sampling.Samples:
     """Ancestral samples ``[B, L]`` of allowed ids in one ``lax.scan`` of ``num_steps`` steps;
     the first ``P`` tokens equal ``prefix [B, P]`` and are never resampled. No draft."""
+    del inference_state
     prefix = sampling.checked_prefix(prefix, batch_size, self.seq_len)
     mask_id = denoiser.special_ids.mask
     initial = jnp.pad(prefix, ((0, 0), (0, self.seq_len - prefix.shape[1])),

@@ -134,9 +134,12 @@ class Process(abc.ABC):
 
   @abc.abstractmethod
   def sample(self, denoiser: Any, params: Params, rng: Array, batch_size: int,
-             prefix: Optional[Array], options: sampling.SamplerOptions) -> sampling.Samples:
+             prefix: Optional[Array], options: sampling.SamplerOptions,
+             inference_state: Mapping[str, Params]) -> sampling.Samples:
     """``batch_size`` samples, the first ``P`` tokens equal to ``prefix [B, P]`` and never
-    resampled; traced inside one compiled program (``models.BaseModel.sample_with``)."""
+    resampled; traced inside one compiled program (``models.BaseModel.sample_with``).
+    ``inference_state`` holds the ``inference_state_names`` entries (missing ones: the
+    parameters)."""
 
   @abc.abstractmethod
   def likelihood_bound(self, denoiser: Any, params: Params, tokens: Array, rng: Array,

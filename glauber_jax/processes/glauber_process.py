@@ -43,6 +43,8 @@ Params = Any
 Batch = Mapping[str, Array]
 
 TRAINING_MODES = ("buffer", "literal")
+#: Whose CAUSAL-GEN is the prior (``GlauberProcess.prior``).
+PRIORS = ("trained", "frozen")
 #: The per-pair losses of ``glauber.LOSSES`` (one target per pair, at the site the step updated)
 #: and ``ce_all_sites`` (``GlauberProcess.loss``).
 LOSSES = glauber.LOSSES + ("ce_all_sites",)
@@ -107,6 +109,12 @@ class GlauberProcess(base.Process):
       student beats the teacher on held-out infill cross entropy.
     forward_mixing: ``eps`` of the forward kernel ``(1 - eps) q + eps * uniform`` (bounds the
       score-entropy ratio; see ``glauber.mix_with_uniform``).
+    prior: whose CAUSAL-GEN drafts the samples and gives the bound's prior term. ``trained``
+      (default): the DiT's own at ``t = T``, which shares the network with the reverse kernel
+      and is kept from drifting by ``prior_loss_weight``. ``frozen``: the frozen teacher's
+      (the pre-diffusion UL2, ``inference_state["teacher"]``), the law the forward chain
+      relaxes towards, so the drafts are what the reverse kernel was trained to start from;
+      needs ``prior_loss_weight = 0`` and ``teacher_refresh_steps = 0``.
     prior_loss_weight: weight of the prior's loss, CAUSAL-GEN's (``t = T``) mean per-token
       cross entropy on the batch's data rows, against the mean pair loss. The prior and the
       reverse kernel share the network, so without it the prior drifts while the reverse
@@ -122,7 +130,7 @@ class GlauberProcess(base.Process):
   def __init__(self, seq_len: int = gin.REQUIRED, num_rounds: int = 1,
                permutation_seed: int = 0, loss: str = "ce", training_mode: str = "buffer",
                teacher_refresh_steps: int = 0, forward_mixing: float = 1e-3,
-               prior_loss_weight: float = 1.0,
+               prior: str = "trained", prior_loss_weight: float = 1.0,
                allow_context_blind_teacher: bool = False) -> None:
     if loss not in LOSSES:
       raise ValueError(f"loss={loss!r}; expected one of {LOSSES}.")
@@ -132,12 +140,20 @@ class GlauberProcess(base.Process):
       raise ValueError(f"forward_mixing must be in [0, 1), got {forward_mixing}.")
     if prior_loss_weight < 0:
       raise ValueError(f"prior_loss_weight must be >= 0, got {prior_loss_weight}.")
+    if prior not in PRIORS:
+      raise ValueError(f"prior={prior!r}; expected one of {PRIORS}.")
+    if prior == "frozen" and (prior_loss_weight > 0 or teacher_refresh_steps > 0):
+      raise ValueError(
+          "prior='frozen' drafts with the frozen teacher, so nothing may train or replace it: "
+          f"set GlauberProcess.prior_loss_weight = 0 (got {prior_loss_weight}) and "
+          f"teacher_refresh_steps = 0 (got {teacher_refresh_steps}).")
     self.schedule = glauber.GlauberSchedule.from_seed(seq_len, num_rounds, permutation_seed)
     self.seq_len = seq_len
     self.loss_name = loss
     self.training_mode = training_mode
     self.teacher_refresh_steps = teacher_refresh_steps
     self.forward_mixing = forward_mixing
+    self.prior = prior
     self.prior_loss_weight = prior_loss_weight
     self.allow_context_blind_teacher = allow_context_blind_teacher
     # updates[t, k]: how many of steps 1..t update site k (t = 0..T).
@@ -192,6 +208,12 @@ class GlauberProcess(base.Process):
                      dropout_rng: Optional[Array] = None) -> Array:
     """CAUSAL-GEN's log-likelihood ``[B]`` of ``tokens [B, L]`` at ``t = T``."""
     return denoiser.causal_log_prob(params, tokens, self._at_end(tokens.shape[0]), dropout_rng)
+
+  def prior_params(self, params: Params, inference_state: Mapping[str, Params]) -> Params:
+    """The parameters whose CAUSAL-GEN is the prior (``prior``): the DiT's or the teacher's."""
+    if self.prior == "frozen":
+      return inference_state.get("teacher", params)
+    return params
 
   # ---- Training -----------------------------------------------------------------------------
 
@@ -374,13 +396,16 @@ class GlauberProcess(base.Process):
                                options)
 
   def sample(self, denoiser: GlauberDenoiser, params: Params, rng: Array, batch_size: int,
-             prefix: Optional[Array], options: sampling.SamplerOptions) -> sampling.Samples:
-    """Algorithm 2: the CAUSAL-GEN draft, then ``options.num_rounds`` reverse rounds of
-    MASK-INFILL (fewer than trained run the last rounds' steps ``t = n L .. 1``; 0 is
-    CAUSAL-GEN only). The causal phase draws with the options' ``temperature``/``top_k``/
-    ``top_p``, the infill draws with ``infill_temperature``."""
+             prefix: Optional[Array], options: sampling.SamplerOptions,
+             inference_state: Mapping[str, Params]) -> sampling.Samples:
+    """Algorithm 2: the prior's CAUSAL-GEN draft (``prior_params``), then
+    ``options.num_rounds`` reverse rounds of MASK-INFILL (fewer than trained run the last
+    rounds' steps ``t = n L .. 1``; 0 is CAUSAL-GEN only). The causal phase draws with the
+    options' ``temperature``/``top_k``/``top_p``, the infill draws with
+    ``infill_temperature``."""
     causal_rng, infill_rng = jax.random.split(rng)
-    draft = self.causal_gen(denoiser, params, causal_rng, batch_size, prefix, options)
+    draft = self.causal_gen(denoiser, self.prior_params(params, inference_state), causal_rng,
+                            batch_size, prefix, options)
     if options.num_rounds == 0:
       return sampling.Samples(draft, draft)
     prefix_len = 0 if prefix is None else prefix.shape[1]
@@ -394,13 +419,15 @@ class GlauberProcess(base.Process):
   def likelihood_bound(self, denoiser: GlauberDenoiser, params: Params, tokens: Array,
                        rng: Array, inference_state: Mapping[str, Params]) -> Array:
     """One-path ELBO ``[B]`` (nats) of ``tokens [B, L]``; ``exp(-mean / L)`` bounds the PPL.
-    The forward kernels are ``inference_state["teacher"]``'s (default: the parameters)."""
+    The forward kernels are ``inference_state["teacher"]``'s (default: the parameters), the
+    prior term ``prior_params``'."""
     teacher = inference_state.get("teacher", params)
     return glauber.likelihood_bound(
         rng, tokens, jnp.asarray(self.schedule.sites()),
         functools.partial(self.teacher_log_probs, denoiser, teacher),
         functools.partial(self.infill_log_probs, denoiser, params),
-        functools.partial(self.prior_log_prob, denoiser, params))
+        functools.partial(self.prior_log_prob, denoiser,
+                          self.prior_params(params, inference_state)))
 
   # ---- Checkpoints --------------------------------------------------------------------------
 

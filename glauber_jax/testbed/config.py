@@ -23,6 +23,9 @@ ROUNDS_KINDS = ("glauber", "oracle", "perturbed")
 LOSS = "glauber_process.GlauberProcess.loss = '{}'"
 #: Algorithm 1's fresh data row per pair: ``ce_all_sites`` memorises the buffer's few rows.
 LITERAL = "glauber_process.GlauberProcess.training_mode = 'literal'"
+#: Drafts from the frozen pre-diffusion UL2 (the teacher); the DiT trains the reverse kernel only.
+FROZEN_PRIOR = ("glauber_process.GlauberProcess.prior = 'frozen'",
+                "glauber_process.GlauberProcess.prior_loss_weight = 0.0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,12 @@ ROWS: dict[str, Row] = {
                                                LITERAL)),
     "glauber_ce_all_sites_n3": Row("glauber", ("NUM_ROUNDS = 3", LOSS.format("ce_all_sites"),
                                                LITERAL)),
+    "glauber_ce_all_sites_frozen_n1": Row("glauber", ("NUM_ROUNDS = 1",
+                                                      LOSS.format("ce_all_sites"), LITERAL,
+                                                      *FROZEN_PRIOR)),
+    "glauber_ce_all_sites_frozen_n3": Row("glauber", ("NUM_ROUNDS = 3",
+                                                      LOSS.format("ce_all_sites"), LITERAL,
+                                                      *FROZEN_PRIOR)),
     "glauber_se_n1": Row("glauber", ("NUM_ROUNDS = 1", LOSS.format("score_entropy"))),
     "glauber_se_n3": Row("glauber", ("NUM_ROUNDS = 3", LOSS.format("score_entropy"))),
     "oracle_n1": Row("oracle", source="glauber_ce_n1", variants=("enum",)),
