@@ -22,15 +22,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from glauber_jax import paths
+from glauber_jax import errors, paths
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
 METADATA_ITEM = "metadata"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint is missing, unreadable or does not match the model."""
+
+  kind = "checkpoint"
 
 
 @gin.configurable
@@ -60,6 +62,10 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    """Whether ``step`` is on the save period (and not saved yet)."""
+    return self._manager.should_save(step)
 
   def save(self, step: int, state: Any, data_state: dict[str, Any],
            metadata: dict[str, Any], force: bool = False) -> bool:

@@ -29,7 +29,8 @@ import gin
 import jax
 import numpy as np
 
-from glauber_jax import checkpoints, data, gin_utils, models, partitioning, summaries, throughput
+from glauber_jax import (checkpoints, data, errors, gin_utils, models, partitioning, summaries,
+                         throughput)
 from glauber_jax import trainer as trainer_lib
 
 
@@ -60,6 +61,41 @@ def _check_batch(batch: Mapping[str, np.ndarray], feature_names: Sequence[str],
     if tuple(batch[name].shape) != tuple(shapes[name]):
       raise ValueError(f"batch feature {name!r} has shape {batch[name].shape}, expected "
                        f"{shapes[name]} (this host's batch x feature length).")
+
+
+class NonFiniteCounter:
+  """Counts the steps the trainer skipped (``skipped_step`` metric) and stops the run after
+  ``limit`` in a row. Flags are read one step late, so counting does not stall the device."""
+
+  def __init__(self, limit: int) -> None:
+    self.limit, self.total, self.consecutive = limit, 0, 0
+    self._pending: Optional[tuple[int, Any]] = None
+
+  def add(self, step: int, skipped_flag: Any) -> None:
+    """Queues this step's flag and counts the previous one."""
+    self.flush()
+    self._pending = (step, skipped_flag)
+
+  def flush(self) -> bool:
+    """Counts the queued flag now; returns whether that step was skipped."""
+    if self._pending is None:
+      return False
+    step, flag = self._pending
+    self._pending = None
+    if not float(flag):
+      self.consecutive = 0
+      return False
+    self.total += 1
+    self.consecutive += 1
+    logging.warning("Step %d: loss or gradient norm not finite; update skipped (%d in a row, "
+                    "%d in all).", step, self.consecutive, self.total)
+    if self.consecutive >= self.limit:
+      raise errors.TrainingStopped(
+          f"stopped at step {step}: {self.consecutive} consecutive steps had a non-finite loss "
+          "or gradient norm (their updates were skipped and nothing non-finite was saved). "
+          "Lower the learning rate or check the data, then rerun to resume from the last "
+          "checkpoint (limit: Trainer.max_consecutive_nonfinite_steps).")
+    return True
 
 
 def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpointer,
@@ -108,15 +144,22 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
   progress = _progress_bar(start, train_steps, show_progress)
   last_metrics: dict[str, float] = {}
   window_start, window_steps = time.perf_counter(), 0
+  nonfinite = NonFiniteCounter(trainer.max_consecutive_nonfinite_steps)
   for step in range(start + 1, train_steps + 1):
     batch = next(iterator)
     _check_batch(batch, trainer.model.feature_names, host_shapes)
     state, metrics = trainer.train_step(state, trainer.partitioner.host_batch_to_global(batch))
     window_steps += 1
-    checkpointer.save(step, state, iterator.get_state(), {**metadata, "step": step},
-                      force=step == train_steps)
+    nonfinite.add(step, metrics["skipped_step"])
+    if checkpointer.should_save(step) or step == train_steps:
+      if nonfinite.flush():  # The state may be the non-finite one it started from: not saved.
+        logging.warning("Step %d not saved: its update was skipped.", step)
+      else:
+        checkpointer.save(step, state, iterator.get_state(), {**metadata, "step": step},
+                          force=True)
     if step % log_every == 0 or step == train_steps:
       last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      last_metrics["skipped_steps"] = float(nonfinite.total)
       elapsed = time.perf_counter() - window_start
       steps_per_second = window_steps / elapsed
       tokens = sum(int(np.prod(s)) for k, s in input_shapes.items()
@@ -134,6 +177,7 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
       window_start, window_steps = time.perf_counter(), 0
     progress.update(1)
   progress.close()
+  nonfinite.flush()
   checkpointer.wait()
   return LoopResult(state, restored_step, last_metrics)
 
