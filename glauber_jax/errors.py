@@ -1,10 +1,11 @@
 """User errors: mistakes in a run's configuration, data or directory, reported in one line.
 
 Every command line (``train``, ``infer``, ``eval``, ``data``, ``hf_import``) runs its work in
-``one_line_errors``: an error of the classes below ends the
-program with exit status 1 and one line on stderr, ``<kind> error: <message>``, instead of a
-traceback (gin's ``GinConfigError`` and ``checkpoints.CheckpointError`` are user errors too). Set ``GLAUBER_JAX_DEBUG=1`` to get the full traceback instead (for developers).
-Anything else (a bug) still raises with its traceback.
+``one_line_errors``: an error of the classes below (gin's ``GinConfigError`` and
+``checkpoints.CheckpointError`` are among them) ends the program with exit status 1 and one
+line on stderr, ``<kind> error: <message>``, instead of a traceback. Set
+``GLAUBER_JAX_DEBUG=1`` to get the full traceback instead (for developers). Anything else (a
+bug) still raises with its traceback.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ def debug_enabled() -> bool:
 
 
 def one_line(error: BaseException) -> str:
-  """``<kind> error: <message>`` on one line (a multi-line message is joined with '; ')."""
+  """``<kind> error: <message>`` on one line (a multi-line message is joined with '; ', and
+  gin's "In call to configurable ..." context is left out)."""
   kind = getattr(error, "kind", "run")
-  message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+  message = "; ".join(line.strip() for line in str(error).splitlines()
+                      if line.strip() and not line.strip().startswith("In call to configurable"))
   return f"{kind} error: {message}"
 
 

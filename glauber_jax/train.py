@@ -29,8 +29,8 @@ import gin
 import jax
 import numpy as np
 
-from glauber_jax import (checkpoints, data, errors, gin_utils, models, partitioning, summaries,
-                         throughput)
+from glauber_jax import (checkpoints, data, errors, gin_utils, lease, models, partitioning,
+                         summaries, throughput)
 from glauber_jax import trainer as trainer_lib
 
 
@@ -104,15 +104,19 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
                initial_params_path: Optional[str] = None,
                summary_writer: Optional[summaries.SummaryWriter] = None,
                peak_flops_per_device: Optional[float] = None,
-               flops_per_example: float = 0.0, show_progress: bool = True) -> LoopResult:
+               flops_per_example: float = 0.0, show_progress: bool = True,
+               model_dir_lease: Optional[lease.ModelDirLease] = None) -> LoopResult:
   """Restores or initialises the state, then trains to ``train_steps`` with checkpoints.
 
   ``input_shapes`` are the *global* batch shapes; the iterator yields this host's slice.
+  ``model_dir_lease``, when given, is checked before every save (a trainer whose lease was
+  taken over stops).
   """
   abstract_state, _ = trainer.state_shardings(input_shapes)
-  restored_step = checkpointer.latest_step() if restore_step is None else restore_step
-  if restored_step is not None:
-    state, data_state, saved_metadata = checkpointer.restore(abstract_state, restored_step)
+  restored_step = None
+  if checkpointer.all_steps() or restore_step is not None:  # Default: newest that verifies.
+    state, data_state, saved_metadata = checkpointer.restore(abstract_state, restore_step)
+    restored_step = int(state.step)
     trainer.model.check_checkpoint_metadata(saved_metadata)
     iterator.set_state(data_state)
     logging.info("Restored step %d from %s", restored_step, checkpointer.directory)
@@ -152,6 +156,8 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
     window_steps += 1
     nonfinite.add(step, metrics["skipped_step"])
     if checkpointer.should_save(step) or step == train_steps:
+      if model_dir_lease is not None:
+        model_dir_lease.check()
       if nonfinite.flush():  # The state may be the non-finite one it started from: not saved.
         logging.warning("Step %d not saved: its update was skipped.", step)
       else:
@@ -214,30 +220,50 @@ def train(*, model: models.BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIR
     peak_flops_per_device: MFU denominator (default: the device's data-sheet bf16 peak).
     show_progress: draw a progress bar.
   """
+  check_run_settings(train_steps=train_steps, batch_size=batch_size, log_every=log_every,
+                     task_feature_lengths=task_feature_lengths, restore_step=restore_step)
   partitioner = partitioner if partitioner is not None else partitioning.Partitioner()
   partitioner.check_batch_size(batch_size)
   if batch_size % jax.process_count():
-    raise ValueError(f"batch size {batch_size} not divisible by {jax.process_count()} hosts.")
+    raise errors.ConfigError(
+        f"BATCH_SIZE={batch_size} is not divisible by the {jax.process_count()} hosts.")
   trainer = trainer_lib.Trainer(model=model, partitioner=partitioner)
-  checkpointer = checkpoints.Checkpointer(model_dir)
-  iterator = data.get_batch_iterator(
-      mixture_or_task_name, "train", task_feature_lengths,
-      batch_size=batch_size // jax.process_count(), seed=data_seed,
-      shard_index=jax.process_index(), num_shards=jax.process_count())
-  input_shapes = model.input_shapes(batch_size, task_feature_lengths)
-  config_path = gin_utils.write_operative_config(model_dir)
-  logging.info("Model dir %s (config written to %s)", model_dir, config_path)
-  writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
-  try:
-    return train_loop(
-        trainer, checkpointer, iterator, input_shapes, train_steps, log_every=log_every,
-        restore_step=restore_step, initial_params_path=initial_checkpoint,
-        summary_writer=writer, peak_flops_per_device=peak_flops_per_device,
-        flops_per_example=model.num_flops_per_example(task_feature_lengths),
-        show_progress=show_progress)
-  finally:
-    writer.close()
-    checkpointer.close()
+  with lease.ModelDirLease(model_dir) as model_dir_lease:
+    checkpointer = checkpoints.Checkpointer(model_dir)
+    iterator = data.get_batch_iterator(
+        mixture_or_task_name, "train", task_feature_lengths,
+        batch_size=batch_size // jax.process_count(), seed=data_seed,
+        shard_index=jax.process_index(), num_shards=jax.process_count())
+    input_shapes = model.input_shapes(batch_size, task_feature_lengths)
+    config_path = gin_utils.write_operative_config(model_dir)
+    logging.info("Model dir %s (config written to %s)", model_dir, config_path)
+    writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+    try:
+      return train_loop(
+          trainer, checkpointer, iterator, input_shapes, train_steps, log_every=log_every,
+          restore_step=restore_step, initial_params_path=initial_checkpoint,
+          summary_writer=writer, peak_flops_per_device=peak_flops_per_device,
+          flops_per_example=model.num_flops_per_example(task_feature_lengths),
+          show_progress=show_progress, model_dir_lease=model_dir_lease)
+    finally:
+      writer.close()
+      checkpointer.close()
+
+
+def check_run_settings(*, train_steps: int, batch_size: int, log_every: int,
+                       task_feature_lengths: Mapping[str, int],
+                       restore_step: Optional[int]) -> None:
+  """Raises ``errors.ConfigError`` naming the macro or binding whose value cannot work."""
+  for name, value in (("TRAIN_STEPS", train_steps), ("BATCH_SIZE", batch_size),
+                      ("train.log_every", log_every)):
+    if not isinstance(value, int) or value <= 0:
+      raise errors.ConfigError(f"{name} must be a positive integer, got {value!r}.")
+  for feature, length in dict(task_feature_lengths).items():
+    if not isinstance(length, int) or length <= 0:
+      raise errors.ConfigError(f"TASK_FEATURE_LENGTHS[{feature!r}] must be a positive integer, "
+                               f"got {length!r}.")
+  if restore_step is not None and (not isinstance(restore_step, int) or restore_step < 0):
+    raise errors.ConfigError(f"train.restore_step must be a step number, got {restore_step!r}.")
 
 
 def main(argv: Sequence[str]) -> None:
