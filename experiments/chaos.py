@@ -5,7 +5,7 @@ run ends.
 
 Trains a very small UL2 on the byte-level Shakespeare task twice with the same command line:
 once uninterrupted (``reference``), once (``chaos``) killed with SIGKILL ``--kills`` times and
-restarted each time. Every kill waits for the run to commit 1 to 3 checkpoints past the one it
+restarted each time. Every kill waits for the run to commit 1 or 2 checkpoints past the one it
 resumed from, then lands either while the next step is still being written asynchronously
 (orbax's ``*.orbax-checkpoint-tmp*`` directory present: a kill inside a save), or after a
 random delay of up to 50 ms. The script then compares the two final checkpoints: every
@@ -68,11 +68,11 @@ def saving_now(model_dir: pathlib.Path) -> bool:
 
 def kill_once(command: list[str], model_dir: pathlib.Path, period: int, rng: random.Random,
               log_path: pathlib.Path, timeout: float = 600) -> dict[str, Any]:
-  """Starts ``command``, lets it commit 1 to 3 checkpoints past the last one, and kills it with
+  """Starts ``command``, lets it commit 1 or 2 checkpoints past the last one, and kills it with
   SIGKILL: half of the time inside the next asynchronous save, else after a random delay of up
   to 50 ms; returns how it went."""
   before = (committed_steps(model_dir) or [0])[-1]
-  target = (before // period + rng.randint(1, 3)) * period
+  target = (before // period + rng.randint(1, 2)) * period
   inside_save = rng.random() < 0.5
   with open(log_path, "w", encoding="utf-8") as log:
     process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -175,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--kills", type=int, default=10)
   parser.add_argument("--period", type=int, default=4, help="checkpoint period (steps)")
   parser.add_argument("--steps", type=int, default=None,
-                      help="TRAIN_STEPS (default: enough for every kill, period * (3 kills + 2))")
+                      help="TRAIN_STEPS (default: enough for every kill, period * (4 kills + 2))")
   parser.add_argument("--seed", type=int, default=0, help="seed of the kill timings")
   parser.add_argument("--workdir", default="/tmp/glauber_jax_chaos")
   args = parser.parse_args(argv)
@@ -183,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if workdir.exists() and any(workdir.iterdir()):
     parser.error(f"--workdir {workdir} is not empty.")
   workdir.mkdir(parents=True, exist_ok=True)
-  steps = args.steps or args.period * (3 * args.kills + 2)
+  steps = args.steps or args.period * (4 * args.kills + 2)
   summary = run_chaos(workdir, args.kills, steps, args.period, args.seed)
   return 0 if summary["exact"] else 1
 

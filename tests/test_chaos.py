@@ -19,7 +19,7 @@ def _chaos_module():
 
 def test_two_sigkills_resume_exactly(tmp_path: pathlib.Path) -> None:
   chaos = _chaos_module()
-  summary = chaos.run_chaos(tmp_path, kills=2, steps=24, period=4, seed=0, echo=False)
+  summary = chaos.run_chaos(tmp_path, kills=2, steps=40, period=4, seed=0, echo=False)
   assert summary["kills"] == 2, summary
   assert summary["final_exit"] == 0 and summary["final_resumed_from"] is not None, summary
   assert summary["same_arrays"] and summary["max_abs_difference"] == 0.0, summary
