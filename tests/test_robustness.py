@@ -276,10 +276,13 @@ def _one_line_exit(function: Any, *args: Any) -> str:
     ("--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 8}",
      "TASK_FEATURE_LENGTHS['inputs'] must be a positive integer"),
     ("--gin.train.num_stepz=3", "gin configuration error: in binding --gin.train.num_stepz=3"),
+    ("--gin.TASK_FEATURE_LENGTHS={'inputs': 200, 'targets': 8}",
+     "configuration error: encoder_input_tokens has length 200, longer than the model's maximum"),
 ])
 def test_bad_run_settings_end_in_one_line(fresh_gin: Any, tmp_path: pathlib.Path, binding: str,
                                           expected: str) -> None:
-  message = _one_line_exit(train.main, [*TINY_RUN, f"--gin.MODEL_DIR='{tmp_path}'", binding])
+  message = _one_line_exit(train.main, [*TINY_RUN, f"--gin.MODEL_DIR='{tmp_path}'",
+                                        "--gin.BATCH_SIZE=2", binding])
   assert expected in message, message
 
 
