@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from glauber_jax import network
+from glauber_jax import errors, network
 
 Array = jax.Array
 
@@ -163,7 +163,7 @@ class Transformer(nn.Module):
 
   def _check_length(self, name: str, length: int, limit: int) -> None:
     if length > limit:
-      raise ValueError(
+      raise errors.ConfigError(
           f"{name} has length {length}, longer than the model's maximum {limit} "
           f"(NetworkConfig.max_{name.split('_')[0]}_length).")
 

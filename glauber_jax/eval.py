@@ -40,7 +40,6 @@ if __name__ == "__main__":  # Run as glauber_jax.eval, so gin sees one module.
 import argparse
 import dataclasses
 import functools
-import json
 import logging
 import os
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -51,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import (checkpoints, gin_utils, metrics, models, summaries, synthetic,
+from glauber_jax import (checkpoints, errors, gin_utils, metrics, models, summaries, synthetic,
                          synthetic_judge, vocabularies)
 
 DISTINCT_NS = (1, 2, 3, 4)
@@ -72,11 +71,11 @@ def read_samples(path: str) -> list[dict[str, Any]]:
 
 def read_references(path: str) -> list[str]:
   """Reference texts: ``text`` fields of a JSONL file, or blank-line-separated documents."""
-  with open(path, encoding="utf-8") as f:
-    if path.endswith(".jsonl"):
-      texts = [json.loads(line)["text"] for line in f if line.strip()]
-    else:
-      texts = [doc.strip() for doc in f.read().split("\n\n")]
+  if path.endswith(".jsonl"):
+    texts = [record["text"] for record in summaries.read_jsonl(path, ("text",),
+                                                               "a JSONL reference file")]
+  else:
+    texts = [doc.strip() for doc in summaries.read_utf8(path).split("\n\n")]
   texts = [text for text in texts if text]
   if not texts:
     raise ValueError(f"{path} holds no reference text.")
@@ -370,4 +369,6 @@ def main(argv: Sequence[str]) -> None:
     evaluate(args.samples, output, judge, args.batch_size, args.reference_file,
              args.mauve_features or args.judge_hf, args.device, scorer, synthetic_judge)
   except ValueError as error:  # Bad samples or puzzle files: the message names the file.
+    if errors.debug_enabled():
+      raise
     raise SystemExit(f"eval error: {error}") from None

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import gin
 from gin import resource_reader
 
-from glauber_jax import paths
+from glauber_jax import errors, paths
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -27,8 +27,10 @@ REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS", "MIXTURE_OR_TASK_NAME", "TASK_FEA
                    "BATCH_SIZE")
 
 
-class GinConfigError(ValueError):
+class GinConfigError(errors.ConfigError):
   """A gin file or binding is wrong; the message says which and how."""
+
+  kind = "gin configuration"
 
 
 def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -203,14 +205,9 @@ def run_configured(gin_files: Sequence[str], bindings: Sequence[str],
   """What every CLI does after reading its flags and importing ``tasks`` (the task
   registrations gin files name, which the library never imports): parse gin, run.
 
-  Configuration and checkpoint errors end the program with their message instead of a trace.
+  User errors (``errors.UserError``: configuration, data, checkpoints) end the program with
+  one line instead of a traceback (``$GLAUBER_JAX_DEBUG=1`` shows it).
   """
-  from glauber_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  try:
+  with errors.one_line_errors():
     parse_gin(gin_files, bindings)
-  except GinConfigError as error:
-    raise SystemExit(f"gin configuration error {error}") from None
-  try:
     return entry_point()
-  except checkpoints.CheckpointError as error:
-    raise SystemExit(f"checkpoint error: {error}") from None

@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from glauber_jax import errors
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_MESH_AXES = ("data", "fsdp")
 
@@ -171,7 +173,7 @@ class Partitioner:
 
   def check_batch_size(self, global_batch_size: int) -> None:
     if global_batch_size % self.data_parallel_size:
-      raise ValueError(
+      raise errors.ConfigError(
           f"batch size {global_batch_size} is not divisible by the data-parallel size "
           f"{self.data_parallel_size} (data x fsdp of mesh {dict(self.mesh.shape)}).")
 

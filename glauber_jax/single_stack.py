@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from glauber_jax import network
+from glauber_jax import errors, network
 
 Array = jax.Array
 
@@ -61,7 +61,7 @@ class SingleStack(nn.Module):
     batch, length = tokens.shape
     deterministic = not enable_dropout
     if length > max_length:
-      raise ValueError(f"tokens have length {length}, longer than the model's maximum "
+      raise errors.ConfigError(f"tokens have length {length}, longer than the model's maximum "
                        f"{max_length} (NetworkConfig.max_encoder_length).")
     if decode:
       if not self.causal:

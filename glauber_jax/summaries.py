@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from glauber_jax import paths
+from glauber_jax import errors, paths
 
 
 def configure_logging() -> None:
@@ -32,21 +32,43 @@ def write_jsonl(path: str, records: Sequence[Mapping[str, Any]], append: bool = 
   logging.info("%s %d records to %s", "Appended" if append else "Wrote", len(records), path)
 
 
+def read_utf8(path: str) -> str:
+  """The text of a user's file; ``errors.DataError`` naming the file and byte offset if it is
+  not UTF-8 (user files are refused; corpora replace bad bytes instead, see ``corpora``)."""
+  try:
+    raw = paths.resolve(path).read_bytes()
+  except OSError as error:
+    raise errors.DataError(f"cannot read {path}: {error.strerror or error}.") from error
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as error:
+    line = raw.count(b"\n", 0, error.start) + 1
+    raise errors.DataError(f"{path}: line {line}, byte offset {error.start} is not UTF-8 "
+                           f"({error.reason}).") from error
+
+
 def read_jsonl(path: str, required: Sequence[str], what: str) -> list[dict[str, Any]]:
-  """The JSON objects of a file, one per non-empty line, each holding the ``required`` fields
-  (else a ValueError naming the line and ``what`` the file should be); at least one."""
+  """The JSON objects of a file, one per non-empty line, each holding the ``required`` fields;
+  at least one. Anything else is an ``errors.DataError`` (a ``ValueError``) naming the file,
+  the line and ``what`` the file should be."""
   records = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
+  for number, line in enumerate(read_utf8(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
       record = json.loads(line)
-      missing = [field for field in required if field not in record]
-      if missing:
-        raise ValueError(f"{path}:{number} lacks {missing}: not {what}.")
-      records.append(record)
+    except json.JSONDecodeError as error:
+      raise errors.DataError(f"{path}:{number}: not JSON ({error.msg}, column {error.colno}): "
+                             f"not {what}.") from error
+    if not isinstance(record, dict):
+      raise errors.DataError(f"{path}:{number} is a JSON {type(record).__name__}, not an "
+                             f"object: not {what}.")
+    missing = [field for field in required if field not in record]
+    if missing:
+      raise errors.DataError(f"{path}:{number} lacks {missing}: not {what}.")
+    records.append(record)
   if not records:
-    raise ValueError(f"{path} holds no record: not {what}.")
+    raise errors.DataError(f"{path} holds no record: not {what}.")
   return records
 
 

@@ -29,7 +29,8 @@ import gin
 import jax
 import numpy as np
 
-from glauber_jax import checkpoints, data, gin_utils, models, partitioning, summaries, throughput
+from glauber_jax import (checkpoints, data, errors, gin_utils, lease, models, partitioning,
+                         summaries, throughput)
 from glauber_jax import trainer as trainer_lib
 
 
@@ -62,21 +63,60 @@ def _check_batch(batch: Mapping[str, np.ndarray], feature_names: Sequence[str],
                        f"{shapes[name]} (this host's batch x feature length).")
 
 
+class NonFiniteCounter:
+  """Counts the steps the trainer skipped (``skipped_step`` metric) and stops the run after
+  ``limit`` in a row. Flags are read one step late, so counting does not stall the device."""
+
+  def __init__(self, limit: int) -> None:
+    self.limit, self.total, self.consecutive = limit, 0, 0
+    self._pending: Optional[tuple[int, Any]] = None
+
+  def add(self, step: int, skipped_flag: Any) -> None:
+    """Queues this step's flag and counts the previous one."""
+    self.flush()
+    self._pending = (step, skipped_flag)
+
+  def flush(self) -> bool:
+    """Counts the queued flag now; returns whether that step was skipped."""
+    if self._pending is None:
+      return False
+    step, flag = self._pending
+    self._pending = None
+    if not float(flag):
+      self.consecutive = 0
+      return False
+    self.total += 1
+    self.consecutive += 1
+    logging.warning("Step %d: loss or gradient norm not finite; update skipped (%d in a row, "
+                    "%d in all).", step, self.consecutive, self.total)
+    if self.consecutive >= self.limit:
+      raise errors.TrainingStopped(
+          f"stopped at step {step}: {self.consecutive} consecutive steps had a non-finite loss "
+          "or gradient norm (their updates were skipped and nothing non-finite was saved). "
+          "Lower the learning rate or check the data, then rerun to resume from the last "
+          "checkpoint (limit: Trainer.max_consecutive_nonfinite_steps).")
+    return True
+
+
 def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpointer,
                iterator: BatchIterator, input_shapes: Mapping[str, tuple[int, ...]],
                train_steps: int, log_every: int = 50, restore_step: Optional[int] = None,
                initial_params_path: Optional[str] = None,
                summary_writer: Optional[summaries.SummaryWriter] = None,
                peak_flops_per_device: Optional[float] = None,
-               flops_per_example: float = 0.0, show_progress: bool = True) -> LoopResult:
+               flops_per_example: float = 0.0, show_progress: bool = True,
+               model_dir_lease: Optional[lease.ModelDirLease] = None) -> LoopResult:
   """Restores or initialises the state, then trains to ``train_steps`` with checkpoints.
 
   ``input_shapes`` are the *global* batch shapes; the iterator yields this host's slice.
+  ``model_dir_lease``, when given, is checked before every save (a trainer whose lease was
+  taken over stops).
   """
   abstract_state, _ = trainer.state_shardings(input_shapes)
-  restored_step = checkpointer.latest_step() if restore_step is None else restore_step
-  if restored_step is not None:
-    state, data_state, saved_metadata = checkpointer.restore(abstract_state, restored_step)
+  restored_step = None
+  if checkpointer.all_steps() or restore_step is not None:  # Default: newest that verifies.
+    state, data_state, saved_metadata = checkpointer.restore(abstract_state, restore_step)
+    restored_step = int(state.step)
     trainer.model.check_checkpoint_metadata(saved_metadata)
     iterator.set_state(data_state)
     logging.info("Restored step %d from %s", restored_step, checkpointer.directory)
@@ -108,15 +148,24 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
   progress = _progress_bar(start, train_steps, show_progress)
   last_metrics: dict[str, float] = {}
   window_start, window_steps = time.perf_counter(), 0
+  nonfinite = NonFiniteCounter(trainer.max_consecutive_nonfinite_steps)
   for step in range(start + 1, train_steps + 1):
     batch = next(iterator)
     _check_batch(batch, trainer.model.feature_names, host_shapes)
     state, metrics = trainer.train_step(state, trainer.partitioner.host_batch_to_global(batch))
     window_steps += 1
-    checkpointer.save(step, state, iterator.get_state(), {**metadata, "step": step},
-                      force=step == train_steps)
+    nonfinite.add(step, metrics["skipped_step"])
+    if checkpointer.should_save(step) or step == train_steps:
+      if model_dir_lease is not None:
+        model_dir_lease.check()
+      if nonfinite.flush():  # The state may be the non-finite one it started from: not saved.
+        logging.warning("Step %d not saved: its update was skipped.", step)
+      else:
+        checkpointer.save(step, state, iterator.get_state(), {**metadata, "step": step},
+                          force=True)
     if step % log_every == 0 or step == train_steps:
       last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      last_metrics["skipped_steps"] = float(nonfinite.total)
       elapsed = time.perf_counter() - window_start
       steps_per_second = window_steps / elapsed
       tokens = sum(int(np.prod(s)) for k, s in input_shapes.items()
@@ -134,6 +183,7 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
       window_start, window_steps = time.perf_counter(), 0
     progress.update(1)
   progress.close()
+  nonfinite.flush()
   checkpointer.wait()
   return LoopResult(state, restored_step, last_metrics)
 
@@ -170,30 +220,50 @@ def train(*, model: models.BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIR
     peak_flops_per_device: MFU denominator (default: the device's data-sheet bf16 peak).
     show_progress: draw a progress bar.
   """
+  check_run_settings(train_steps=train_steps, batch_size=batch_size, log_every=log_every,
+                     task_feature_lengths=task_feature_lengths, restore_step=restore_step)
   partitioner = partitioner if partitioner is not None else partitioning.Partitioner()
   partitioner.check_batch_size(batch_size)
   if batch_size % jax.process_count():
-    raise ValueError(f"batch size {batch_size} not divisible by {jax.process_count()} hosts.")
+    raise errors.ConfigError(
+        f"BATCH_SIZE={batch_size} is not divisible by the {jax.process_count()} hosts.")
   trainer = trainer_lib.Trainer(model=model, partitioner=partitioner)
-  checkpointer = checkpoints.Checkpointer(model_dir)
-  iterator = data.get_batch_iterator(
-      mixture_or_task_name, "train", task_feature_lengths,
-      batch_size=batch_size // jax.process_count(), seed=data_seed,
-      shard_index=jax.process_index(), num_shards=jax.process_count())
-  input_shapes = model.input_shapes(batch_size, task_feature_lengths)
-  config_path = gin_utils.write_operative_config(model_dir)
-  logging.info("Model dir %s (config written to %s)", model_dir, config_path)
-  writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
-  try:
-    return train_loop(
-        trainer, checkpointer, iterator, input_shapes, train_steps, log_every=log_every,
-        restore_step=restore_step, initial_params_path=initial_checkpoint,
-        summary_writer=writer, peak_flops_per_device=peak_flops_per_device,
-        flops_per_example=model.num_flops_per_example(task_feature_lengths),
-        show_progress=show_progress)
-  finally:
-    writer.close()
-    checkpointer.close()
+  with lease.ModelDirLease(model_dir) as model_dir_lease:
+    checkpointer = checkpoints.Checkpointer(model_dir)
+    iterator = data.get_batch_iterator(
+        mixture_or_task_name, "train", task_feature_lengths,
+        batch_size=batch_size // jax.process_count(), seed=data_seed,
+        shard_index=jax.process_index(), num_shards=jax.process_count())
+    input_shapes = model.input_shapes(batch_size, task_feature_lengths)
+    config_path = gin_utils.write_operative_config(model_dir)
+    logging.info("Model dir %s (config written to %s)", model_dir, config_path)
+    writer = summaries.SummaryWriter(os.path.join(model_dir, "train"))
+    try:
+      return train_loop(
+          trainer, checkpointer, iterator, input_shapes, train_steps, log_every=log_every,
+          restore_step=restore_step, initial_params_path=initial_checkpoint,
+          summary_writer=writer, peak_flops_per_device=peak_flops_per_device,
+          flops_per_example=model.num_flops_per_example(task_feature_lengths),
+          show_progress=show_progress, model_dir_lease=model_dir_lease)
+    finally:
+      writer.close()
+      checkpointer.close()
+
+
+def check_run_settings(*, train_steps: int, batch_size: int, log_every: int,
+                       task_feature_lengths: Mapping[str, int],
+                       restore_step: Optional[int]) -> None:
+  """Raises ``errors.ConfigError`` naming the macro or binding whose value cannot work."""
+  for name, value in (("TRAIN_STEPS", train_steps), ("BATCH_SIZE", batch_size),
+                      ("train.log_every", log_every)):
+    if not isinstance(value, int) or value <= 0:
+      raise errors.ConfigError(f"{name} must be a positive integer, got {value!r}.")
+  for feature, length in dict(task_feature_lengths).items():
+    if not isinstance(length, int) or length <= 0:
+      raise errors.ConfigError(f"TASK_FEATURE_LENGTHS[{feature!r}] must be a positive integer, "
+                               f"got {length!r}.")
+  if restore_step is not None and (not isinstance(restore_step, int) or restore_step < 0):
+    raise errors.ConfigError(f"train.restore_step must be a step number, got {restore_step!r}.")
 
 
 def main(argv: Sequence[str]) -> None:

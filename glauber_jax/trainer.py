@@ -1,5 +1,10 @@
 """The jitted training step: sharded state, gradient accumulation, buffer donation.
 
+A step whose loss or gradient norm is not finite is not applied: inside the compiled step the
+parameters, optimizer state and model state keep their previous values (only ``step``
+advances, with the data), and the step's metrics say ``skipped_step = 1``. The training loop
+counts skipped steps and stops after ``Trainer.max_consecutive_nonfinite_steps`` in a row.
+
 The trainer knows a ``BaseModel`` (a loss that returns sums and ``weight_sum``), an optax
 optimizer and a ``Partitioner``; nothing about which model family it trains.
 """
@@ -44,6 +49,8 @@ class Trainer:
       ``optimizers.create_optimizer``).
     num_microbatches: gradient accumulation steps per batch (the batch is split evenly).
     seed: seeds parameter initialisation and the per-step dropout keys.
+    max_consecutive_nonfinite_steps: the training loop stops after this many consecutive
+      steps whose loss or gradient norm was not finite (each of them left the state as it was).
   """
 
   def __init__(self, model: models.BaseModel, partitioner: partitioning.Partitioner,
@@ -51,9 +58,12 @@ class Trainer:
                optimizer_fn: Callable[..., optax.GradientTransformation] = (
                    optimizers.create_optimizer),
                num_microbatches: int = 1,
-               seed: int = 0) -> None:
+               seed: int = 0, max_consecutive_nonfinite_steps: int = 3) -> None:
     if num_microbatches < 1:
       raise ValueError(f"Trainer.num_microbatches must be >= 1, got {num_microbatches}.")
+    if max_consecutive_nonfinite_steps < 1:
+      raise ValueError("Trainer.max_consecutive_nonfinite_steps must be >= 1, got "
+                       f"{max_consecutive_nonfinite_steps}.")
     self.model = model
     self.partitioner = partitioner
     self.learning_rate_fn = (learning_rate_fn if learning_rate_fn is not None
@@ -61,6 +71,7 @@ class Trainer:
     self.optimizer = optimizer_fn(schedule=self.learning_rate_fn)
     self.num_microbatches = num_microbatches
     self.seed = seed
+    self.max_consecutive_nonfinite_steps = max_consecutive_nonfinite_steps
     self._step_fn: Optional[Callable[..., Any]] = None
 
   # ---- State construction -------------------------------------------------------------------
@@ -159,12 +170,21 @@ class Trainer:
     params = optax.apply_updates(state.params, updates)
     metrics = {name.removesuffix("_sum"): value / weight
                for name, value in sums.items() if name != "weight_sum"}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
     metrics.update(
-        grad_norm=optax.tree.norm(grads),
+        grad_norm=grad_norm,
         learning_rate=jnp.asarray(self.learning_rate_fn(state.step), jnp.float32),
-        target_tokens=sums["weight_sum"])
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                      model_state=model_state), metrics
+        target_tokens=sums["weight_sum"],
+        skipped_step=jnp.where(finite, 0.0, 1.0))
+
+    def keep_if_finite(new: Any, old: Any) -> Any:
+      """``new`` where the step is finite, else ``old``: selected inside the compiled step."""
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    return TrainState(step=state.step + 1, params=keep_if_finite(params, state.params),
+                      opt_state=keep_if_finite(opt_state, state.opt_state),
+                      model_state=keep_if_finite(model_state, state.model_state)), metrics
 
   def train_step(self, state: TrainState, batch: Mapping[str, Array]
                  ) -> tuple[TrainState, dict[str, Array]]:

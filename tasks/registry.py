@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 
 import gin
 
-from glauber_jax import corpora, data, synthetic, vocabularies
+from glauber_jax import corpora, data, errors, synthetic, vocabularies
 from tasks import puzzles
 
 SHAKESPEARE_PIECES = 4000
@@ -33,7 +33,7 @@ def _path_from(configured: str, variable: str, missing: str) -> str:
   """``configured`` (gin), else the environment ``variable``; ValueError ``missing`` if neither."""
   path = configured or os.environ.get(variable, "")
   if not path:
-    raise ValueError(f"{missing} (set {variable} or the gin binding named here).")
+    raise errors.DataError(f"{missing} (set {variable} or the gin binding named here).")
   return path
 
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from glauber_jax import data, gin_utils, summaries
+from glauber_jax import data, errors, gin_utils, summaries
 
 
 def _parse_lengths(text: str) -> dict[str, int]:
@@ -61,13 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(describe())
     return
   lengths = _parse_lengths(args.lengths)
-  try:
+  with errors.one_line_errors():
     gin_utils.parse_gin(gin_files, bindings)
-  except gin_utils.GinConfigError as error:
-    raise SystemExit(f"gin configuration error {error}") from None
-  data.export_task(args.task, args.split, lengths, args.output_dir,
-                   seed=args.seed, num_epochs=args.num_epochs, num_examples=args.num_examples,
-                   shuffle=args.shuffle)
+    data.export_task(args.task, args.split, lengths, args.output_dir,
+                     seed=args.seed, num_epochs=args.num_epochs, num_examples=args.num_examples,
+                     shuffle=args.shuffle)
 
 
 if __name__ == "__main__":

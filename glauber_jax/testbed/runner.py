@@ -450,9 +450,9 @@ class Testbed:
     p_data[states] = np.exp(log_p)
     sites = model.process.schedule.sites()
     marginals = oracle.oracle_forward_marginals(p_data, kernels, sites, num_values, length)
-    with open(os.path.join(self.row_dir(setup.name, "prior"), "samples.jsonl"),
-              encoding="utf-8") as f:
-      prior = [json.loads(line)["token_ids"] for line in f if line.strip()]
+    prior = [record["token_ids"] for record in summaries.read_jsonl(
+        os.path.join(self.row_dir(setup.name, "prior"), "samples.jsonl"), ("token_ids",),
+        "the prior row's samples")]
     drafts = value_of_token[np.asarray(prior, np.int64)]
     if np.any(drafts < 0):
       raise ValueError(f"row {name}: a prior sample holds a token the chain cannot hold.")

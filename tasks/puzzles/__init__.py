@@ -16,6 +16,7 @@ import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 
+from glauber_jax import errors, summaries
 from tasks.puzzles import sudoku, zebra
 from tasks.puzzles.splits import SPLITS
 
@@ -79,23 +80,15 @@ def write_prompt_file(path: str, examples: Sequence[PuzzleExample]) -> None:
 
 
 def read_prompt_file(path: str) -> list[PuzzleExample]:
-    """The examples of a file written by :func:`write_prompt_file`."""
+    """The examples of a file written by :func:`write_prompt_file`; a malformed file is a
+    ``glauber_jax.errors.DataError`` naming the file and line."""
+    records = summaries.read_jsonl(path, ("kind", "prompt", "solution"),
+                                   "a puzzle file of `python -m tasks.puzzles`")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            missing = {"kind", "prompt", "solution"} - set(record)
-            if missing:
-                raise ValueError(f"{path}:{number} lacks {sorted(missing)}: not a puzzle file "
-                                 "of `python -m tasks.puzzles`.")
-            if record["kind"] not in PUZZLE_KINDS:
-                raise ValueError(f"{path}:{number}: kind {record['kind']!r} not in "
-                                 f"{PUZZLE_KINDS}.")
-            examples.append(PuzzleExample(record["kind"], record["prompt"], record["solution"]))
-    if not examples:
-        raise ValueError(f"{path} holds no puzzle.")
+    for record in records:
+        if record["kind"] not in PUZZLE_KINDS:
+            raise errors.DataError(f"{path}: kind {record['kind']!r} not in {PUZZLE_KINDS}.")
+        examples.append(PuzzleExample(record["kind"], record["prompt"], record["solution"]))
     return examples
 
 
