@@ -64,15 +64,20 @@ def datasheet_peak(device_kind: str) -> Optional[float]:
   return None
 
 
+def significant(value: float, digits: int = 4) -> float:
+  """``value`` rounded to ``digits`` significant digits (tiny and huge figures alike)."""
+  return float(f"{value:.{digits}g}")
+
+
 def utilisation(flops_per_second: float, measured_peak: Optional[float],
                 datasheet_peak: Optional[float]) -> dict[str, Optional[float]]:
   """Model TFLOP/s and MFU against the measured and the data-sheet peaks (None if unknown)."""
   return {
-      "model_tflops_per_second": round(flops_per_second / 1e12, 4),
+      "model_tflops_per_second": significant(flops_per_second / 1e12),
       "mfu_vs_measured_peak": (None if not measured_peak else
-                               round(flops_per_second / measured_peak, 4)),
+                               significant(flops_per_second / measured_peak)),
       "mfu_vs_datasheet_peak": (None if not datasheet_peak else
-                                round(flops_per_second / datasheet_peak, 4)),
+                                significant(flops_per_second / datasheet_peak)),
   }
 
 

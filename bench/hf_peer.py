@@ -199,6 +199,9 @@ def main(argv: list[str]) -> None:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "torch_compile": args.compile, "gin_files": gin_files, "bindings": bindings,
             "params": sum(p.numel() for p in model.parameters()),
+            # transformers 5 ties T5's output head to the input embedding whatever the config
+            # says: one vocab x d_model matrix fewer than ours, the same matmul FLOPs.
+            "lm_head_tied": model.lm_head.weight is model.shared.weight,
             "vocab_size": config.vocab_size, "batch_size": args.batch_size,
             "seq_len": args.seq_len}
   {"train": train, "infill_forward": infill_forward,
