@@ -3,26 +3,29 @@ r"""Training throughput (tokens/s, MFU) of a gin-configured encoder-decoder on r
   python bench/train_throughput.py --gin_file=gin/ul2_medium.gin --batch_size=16 \
       --inputs_length=1024 --targets_length=128 --steps=20
 
-Prints one JSON line with the device, shapes, step time, tokens/s and MFU (against the
-data-sheet dense bf16 peak of ``glauber_jax.throughput``). Compilation and the first
-``--warmup`` steps are excluded from timing; every timed step is synchronised.
+Prints one JSON line with the device, shapes, step time, tokens/s, model TFLOP/s and MFU against
+the measured matmul peak (``--measured_peak_flops``, from ``bench/matmul_peak.py``) and the
+data-sheet dense bf16 peak of ``glauber_jax.throughput``, and the peak device memory.
+Compilation and the first ``--warmup`` steps are excluded from timing; every timed step is
+synchronised; ``--time_budget`` lowers ``--steps`` when the steps would not fit it.
 Extra ``--gin.NAME=VALUE`` flags override the configuration (e.g. remat, attention kernel).
+``bench/hf_peer.py train`` times the same step in Hugging Face T5.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
 
 import jax
 import numpy as np
 
+import bench_common
 from glauber_jax import gin_utils, models, partitioning, throughput
 from glauber_jax import trainer as trainer_lib
 import glauber_jax.train  # noqa: F401  Registers the configurables the gin files name.
+import tasks  # noqa: F401  Registers the tasks whose vocabularies the gin files name.
 
 
 def random_batch(batch_size: int, inputs_length: int, targets_length: int, vocab_size: int,
@@ -47,6 +50,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--targets_length", type=int, default=128)
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
+  bench_common.add_common_arguments(parser)
   args = parser.parse_args(rest)
   gin_utils.parse_gin(gin_files, ["MODEL_DIR='/tmp/glauber_bench'"] + bindings)
   import gin
@@ -66,36 +70,28 @@ def main(argv: list[str]) -> None:
   for _ in range(args.warmup):
     state, metrics = trainer.train_step(state, global_batch)
   jax.block_until_ready(metrics)
+  warm_seconds = (time.perf_counter() - compile_start - compile_seconds) / max(args.warmup, 1)
+  steps = bench_common.repeats_within(
+      warm_seconds, args.time_budget - (time.perf_counter() - compile_start), args.steps)
   start = time.perf_counter()
-  for _ in range(args.steps):
+  for _ in range(steps):
     state, metrics = trainer.train_step(state, global_batch)
   jax.block_until_ready(metrics)
-  step_seconds = (time.perf_counter() - start) / args.steps
+  step_seconds = (time.perf_counter() - start) / steps
   tokens = args.batch_size * (args.inputs_length + args.targets_length)
   flops = model.num_flops_per_example({"inputs": args.inputs_length,
                                        "targets": args.targets_length}) * args.batch_size
-  peak = throughput.peak_flops_per_device()
-  result = {
-      "benchmark": "train_throughput",
-      "date": datetime.date.today().isoformat(),
-      "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(),
-      "jax": jax.__version__,
-      "gin_files": gin_files,
-      "bindings": bindings,
-      "batch_size": args.batch_size,
-      "inputs_length": args.inputs_length,
-      "targets_length": args.targets_length,
-      "params": models.count_params(state.params),
-      "compile_seconds": round(compile_seconds, 2),
-      "step_seconds": round(step_seconds, 5),
-      "tokens_per_second": round(tokens / step_seconds, 1),
-      "model_tflops_per_second": round(flops / step_seconds / 1e12, 3),
-      "mfu": (None if peak is None else
-              round(throughput.mfu(flops / step_seconds, peak, jax.device_count()), 4)),
-      "final_loss": float(metrics["loss"]),
-  }
-  print(json.dumps(result))
+  bench_common.emit(
+      "train_step", "ours", jax.devices()[0].device_kind, num_devices=jax.device_count(),
+      jax=jax.__version__, gin_files=gin_files, bindings=bindings,
+      vocab_size=vocab_size, batch_size=args.batch_size, inputs_length=args.inputs_length,
+      targets_length=args.targets_length, params=models.count_params(state.params),
+      compile_seconds=round(compile_seconds, 2), timed_steps=steps,
+      step_seconds=round(step_seconds, 5), tokens_per_second=round(tokens / step_seconds, 1),
+      **bench_common.utilisation(flops / step_seconds / jax.device_count(),
+                                 args.measured_peak_flops, throughput.peak_flops_per_device()),
+      peak_memory_bytes=bench_common.jax_peak_memory_bytes(),
+      final_loss=float(metrics["loss"]))
 
 
 if __name__ == "__main__":
