@@ -1,0 +1,274 @@
+"""The hybrid absorb/uniform processes of Fathi et al. 2025 (HDLM) as array functions.
+
+Tokens live in a vocabulary of ``V`` ids of which the ``real [V]`` ones (``N`` of them: the ids
+text may hold) diffuse, plus one absorbing ``mask_id``. Rate matrices have columns = "from"
+(``/work/shared/design/hybrid.md`` sec. 2):
+
+- absorbing ``Q_A``: every real token jumps to MASK at rate 1;
+- uniform ``Q_U``: every real token jumps to each real token at rate ``1/N``.
+
+``Q_A^2 = -Q_A``, ``Q_U^2 = -Q_U`` and ``Q_U Q_A = Q_A Q_U = -Q_U``, so the two commute and
+
+- **gamma-hybrid** (continuous time, SEDD style): ``Q_gamma = (1 - gamma) Q_A + gamma Q_U``,
+  ``exp(s Q_gamma) = 1 + (1 - e^{-(1-gamma)s}) Q_A + (e^{-(1-gamma)s} - e^{-s}) Q_U`` (eq. 7g),
+  at total noise ``sigma(t) = -log(1 - (1 - 5e-3) t)`` (log-linear). The network outputs
+  log concrete scores; its losses are the exact diffusion-weighted score entropy or the
+  reference code's approximation; its sampler is analytic tau-leaping.
+- **epsilon-hybrid** (MDM style): a clean token is first replaced, with probability ``epsilon``,
+  by a uniform real token (once, whatever ``t``), then masked with probability ``p = t``. The
+  network predicts the clean token everywhere; its loss is HDCE (eq. 8-9); its sampler is
+  MDLM's ancestral one, optionally with the adaptive correction sampler (ACS).
+
+Every random draw goes through ``sampling.sample_categorical`` (float64-resolution Gumbel noise).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from glauber_jax import sampling
+
+Array = jax.Array
+#: The reference's log-linear noise constant (``LogLinearNoise(eps=5e-3)``).
+LOG_LINEAR_EPSILON = 5e-3
+#: ``(noisy [B, L], times [B, L]) -> logits [B, L, V]``: a hybrid denoiser's raw output.
+LogitsFn = Callable[[Array, Array], Array]
+
+
+# ---- Rate matrices (compact space: N real tokens, MASK last) -----------------------------------
+
+def rate_matrices(num_real: int) -> tuple[np.ndarray, np.ndarray]:
+  """float64 ``(Q_A, Q_U)``, ``[N + 1, N + 1]`` with MASK last and columns = "from"."""
+  size = num_real + 1
+  absorb = np.zeros((size, size))
+  absorb[num_real, :num_real] = 1.0
+  absorb[np.arange(num_real), np.arange(num_real)] = -1.0
+  uniform = np.zeros((size, size))
+  uniform[:num_real, :num_real] = 1.0 / num_real
+  uniform[np.arange(num_real), np.arange(num_real)] -= 1.0
+  return absorb, uniform
+
+
+def gamma_transition(num_real: int, gamma: float, sigma: float) -> np.ndarray:
+  """``exp(sigma Q_gamma)`` in closed form (eq. 7g), float64 ``[N + 1, N + 1]``."""
+  absorb, uniform = rate_matrices(num_real)
+  keep = np.exp(-(1 - gamma) * sigma)
+  return np.eye(num_real + 1) + (1 - keep) * absorb + (keep - np.exp(-sigma)) * uniform
+
+
+# ---- Noise and marginals -------------------------------------------------------------------------
+
+def log_linear_sigma(times: Array, epsilon: float = LOG_LINEAR_EPSILON) -> Array:
+  """Total noise ``sigma(t) = -log(1 - (1 - eps) t)``."""
+  return -jnp.log1p(-(1 - epsilon) * times)
+
+
+def log_linear_rate(times: Array, epsilon: float = LOG_LINEAR_EPSILON) -> Array:
+  """``sigma'(t) = (1 - eps) / (1 - (1 - eps) t)``."""
+  return (1 - epsilon) / (1 - (1 - epsilon) * times)
+
+
+def gamma_marginal(tokens: Array, sigma: Array, gamma: float, real: Array, mask_id: int
+                   ) -> Array:
+  """``q_sigma(. | y)`` ``[..., V]`` of clean ``tokens [...]`` at total noise ``sigma [...]``:
+  MASK ``1 - A``, real ``v``: ``A (1 - B) / N + A B 1[v = y]`` with ``A = e^{-(1-gamma) sigma}``,
+  ``B = e^{-gamma sigma}``; a MASK stays MASK."""
+  real = jnp.asarray(real)
+  sigma = jnp.asarray(sigma, jnp.float32)[..., None]
+  keep, stay = jnp.exp(-(1 - gamma) * sigma), jnp.exp(-gamma * sigma)
+  is_token = jax.nn.one_hot(tokens, real.shape[0], dtype=jnp.float32)
+  probs = jnp.where(real, keep * (1 - stay) / jnp.sum(real) + keep * stay * is_token, 0.0)
+  probs = probs.at[..., mask_id].set(1 - keep[..., 0])
+  is_mask = (tokens == mask_id)[..., None]
+  return jnp.where(is_mask, jax.nn.one_hot(mask_id, real.shape[0]), probs)
+
+
+def draw(rng: Array, probs: Array) -> Array:
+  """One id per row of ``probs [..., V]`` (non-negative, unnormalised)."""
+  return sampling.sample_categorical(rng, jnp.log(jnp.maximum(probs, 0.0)))
+
+
+def gamma_forward(rng: Array, tokens: Array, sigma: Array, gamma: float, real: Array,
+                  mask_id: int) -> Array:
+  """A draw of ``x ~ q_sigma(. | tokens)`` per position (``sigma`` broadcast to the tokens)."""
+  sigma = jnp.broadcast_to(sigma, tokens.shape)
+  return draw(rng, gamma_marginal(tokens, sigma, gamma, real, mask_id))
+
+
+def gamma_prior_mask_probability(gamma: float, sigma: float = 4.0) -> float:
+  """The reference's prior (``QGamma.sample_limit``, ``sigma = 4``): MASK with probability
+  ``(1 - A) / ((1 - A) + (1 - B) A)``, otherwise a uniform real token."""
+  keep, stay = np.exp(-(1 - gamma) * sigma), np.exp(-gamma * sigma)
+  return float((1 - keep) / ((1 - keep) + (1 - stay) * keep))
+
+
+def gamma_prior(rng: Array, shape: tuple[int, ...], gamma: float, real: Array, mask_id: int,
+                sigma: float = 4.0) -> Array:
+  """Prior draws of ``shape``: see ``gamma_prior_mask_probability``."""
+  real = jnp.asarray(real)
+  mask_probability = gamma_prior_mask_probability(gamma, sigma)
+  probs = jnp.where(real, (1 - mask_probability) / jnp.sum(real), 0.0)
+  probs = probs.at[mask_id].set(mask_probability)
+  return draw(rng, jnp.broadcast_to(probs, (*shape, real.shape[0])))
+
+
+def epsilon_marginal(tokens: Array, mask_probability: Array, epsilon: float, real: Array,
+                     mask_id: int) -> Array:
+  """``q(. | y)`` ``[..., V]`` of the epsilon-hybrid: MASK ``p``, real ``v``:
+  ``(1 - p) ((1 - eps) 1[v = y] + eps / N)``."""
+  real = jnp.asarray(real)
+  p = jnp.asarray(mask_probability, jnp.float32)[..., None]
+  is_token = jax.nn.one_hot(tokens, real.shape[0], dtype=jnp.float32)
+  probs = jnp.where(real, (1 - p) * ((1 - epsilon) * is_token + epsilon / jnp.sum(real)), 0.0)
+  return probs.at[..., mask_id].set(p[..., 0])
+
+
+def epsilon_forward(rng: Array, tokens: Array, mask_probability: Array, epsilon: float,
+                    real: Array, mask_id: int) -> tuple[Array, Array, Array]:
+  """``(noisy, masked, shuffled)`` of ``tokens [B, L]``: each token is masked with probability
+  ``p`` (``mask_probability``, broadcast to the tokens); an unmasked one is, with probability
+  ``epsilon``, replaced by a uniform real token (``shuffled`` even if the draw equals it)."""
+  mask_rng, shuffle_rng, token_rng = jax.random.split(rng, 3)
+  p = jnp.broadcast_to(mask_probability, tokens.shape)
+  masked = sampling.coin_flips(mask_rng, p, tokens.shape)
+  shuffled = sampling.coin_flips(shuffle_rng, epsilon, tokens.shape) & ~masked
+  real = jnp.asarray(real, jnp.float32)
+  uniform = draw(token_rng, jnp.broadcast_to(real, (*tokens.shape, real.shape[0])))
+  noisy = jnp.where(masked, mask_id, jnp.where(shuffled, uniform, tokens))
+  return noisy, masked, shuffled
+
+
+# ---- Losses --------------------------------------------------------------------------------------
+
+def hdce_weights(masked: Array, shuffled: Array, mask_probability: Array, epsilon: float,
+                 balance: float, annealed: bool = False) -> Array:
+  """HDCE per-position weights (eq. 9): masked ``1/p``, unmasked and shuffled
+  ``lambda (1 - eps) / (1 - p)``, unmasked and not shuffled ``lambda eps / (1 - p)``.
+  ``annealed``: the reference code's annealed variant, without the ``1/(1 - p)`` factor."""
+  p = jnp.broadcast_to(mask_probability, masked.shape)
+  unmasked = jnp.where(shuffled, balance * (1 - epsilon), balance * epsilon)
+  if not annealed:
+    unmasked = unmasked / (1 - p)
+  return jnp.where(masked, 1.0 / p, unmasked)
+
+
+def token_cross_entropy(log_probs: Array, tokens: Array) -> Array:
+  """``-log p(tokens)`` ``[...]`` from ``log_probs [..., V]``."""
+  return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+
+
+def scale_by_sigma(raw: Array, sigma: Array, num_real: int) -> Array:
+  """The gamma network's log-scores: ``raw - log(expm1(sigma)) - log N`` (``sigma [...]``
+  broadcast over the last axis)."""
+  sigma = jnp.asarray(sigma, jnp.float32)[..., None]
+  return raw - jnp.log(jnp.expm1(sigma)) - np.log(num_real)
+
+
+def mask_embedding_weight(sigma: Array, gamma: float) -> Array:
+  """Eq. 12's weighted embedding: ``e(x) = (1 - w) f(x) + w f(MASK)``, ``w = 1 - e^{-gamma
+  sigma}`` (0 at ``sigma = 0``, 1 as ``sigma`` grows)."""
+  return -jnp.expm1(-gamma * jnp.asarray(sigma, jnp.float32))
+
+
+def _entropy_constant(ratio: Array) -> Array:
+  """``K(a) = a (log a - 1)`` with ``K(0) = 0``."""
+  return jax.scipy.special.xlogy(ratio, ratio) - ratio
+
+
+def gamma_score_entropy(log_scores: Array, noisy: Array, tokens: Array, sigma: Array,
+                        gamma: float, real: Array, mask_id: int) -> Array:
+  """The exact hybrid denoising score entropy ``[...]`` at each position:
+  ``sum_{z != x} Q_gamma[x, z] (e^{s_z} - r_z s_z + K(r_z))`` with ``r_z = q(z|y) / q(x|y)``.
+
+  ``log_scores [..., V]``, ``noisy`` (``x``), ``tokens`` (``y``) and ``sigma`` ``[...]``. The
+  rate into a MASK is ``1 - gamma`` from each real ``z``; into a real ``x``, ``gamma / N`` from
+  each other real ``z`` (and none from MASK). Non-negative; zero when ``e^{s}`` is the ratio.
+  """
+  real = jnp.asarray(real)
+  num_real = jnp.sum(real)
+  marginal = gamma_marginal(tokens, sigma, gamma, real, mask_id)
+  at_noisy = jnp.take_along_axis(marginal, noisy[..., None], axis=-1)
+  ratio = marginal / at_noisy
+  is_noisy = jax.nn.one_hot(noisy, real.shape[0], dtype=bool)
+  rate = jnp.where((noisy == mask_id)[..., None], 1 - gamma, gamma / num_real)
+  rate = jnp.where(real & ~is_noisy, rate, 0.0)
+  scores = jnp.where(rate > 0, log_scores, 0.0)
+  terms = jnp.exp(scores) - ratio * scores + _entropy_constant(ratio)
+  return jnp.sum(jnp.where(rate > 0, rate * terms, 0.0), axis=-1)
+
+
+def gamma_score_entropy_reference(log_scores: Array, noisy: Array, tokens: Array, sigma: Array,
+                                  gamma: float, real: Array, mask_id: int) -> Array:
+  """The reference code's approximation (``QGamma.score_entropy``) ``[...]``: at a MASK,
+  ``1 - gamma`` times SEDD's absorbing entropy; at a real token, ``gamma`` times SEDD's uniform
+  entropy on the real channels at noise ``sigma`` (not ``gamma sigma``)."""
+  real = jnp.asarray(real)
+  num_real = jnp.sum(real).astype(jnp.float32)
+  sigma = jnp.asarray(sigma, jnp.float32)
+  expm1 = jnp.expm1(sigma)
+  scores = jnp.where(real, log_scores, 0.0)
+  exp_scores = jnp.where(real, jnp.exp(scores), 0.0)
+  at = lambda ids, values: jnp.take_along_axis(values, ids[..., None], axis=-1)[..., 0]
+  clean_score = at(tokens, scores)
+  absorbing = (jnp.sum(exp_scores, axis=-1) - clean_score / expm1
+               + _entropy_constant(1 / expm1))
+  rho = 1 - num_real / (expm1 + num_real)
+  positive = jnp.sum(exp_scores, axis=-1) / num_real - at(noisy, exp_scores) / num_real
+  negative = jnp.sum(scores, axis=-1) / num_real - at(noisy, scores) / num_real
+  unchanged = noisy == tokens
+  negative = jnp.where(unchanged, rho * negative, negative + clean_score / expm1)
+  constant = jnp.where(unchanged, (num_real - 1) / num_real * rho * (jnp.log(rho) - 1),
+                       ((-jnp.log(rho) - 1) / rho - (num_real - 2)) / num_real)
+  uniform = positive - negative + constant
+  return jnp.where(noisy == mask_id, (1 - gamma) * absorbing, gamma * uniform)
+
+
+# ---- The gamma reverse step (analytic tau-leaping) -----------------------------------------------
+
+def transposed_transition(noisy: Array, delta: Array, gamma: float, real: Array, mask_id: int
+                          ) -> Array:
+  """Row ``x`` of ``exp(delta Q_gamma)``, ``[..., V]``: ``P[x, z]``, the probability that ``z``
+  moves to ``x`` over noise ``delta``."""
+  real = jnp.asarray(real)
+  delta = jnp.asarray(delta, jnp.float32)[..., None]
+  keep, stay = jnp.exp(-(1 - gamma) * delta), jnp.exp(-gamma * delta)
+  is_noisy = jax.nn.one_hot(noisy, real.shape[0], dtype=jnp.float32)
+  from_real = jnp.where(real, keep * (1 - stay) / jnp.sum(real) + keep * stay * is_noisy, 0.0)
+  from_mask = jnp.where(real, 1 - keep, 0.0).at[..., mask_id].set(1.0)
+  return jnp.where((noisy == mask_id)[..., None], from_mask, from_real)
+
+
+def staggered_scores(scores: Array, delta: Array, gamma: float, real: Array, mask_id: int,
+                     exact: bool) -> Array:
+  """``exp(-delta Q_gamma) S`` for the scores ``S [..., V]`` (``exact``) or the reference's
+  convex combination ``(1 - gamma) stag_A + gamma stag_U`` of SEDD's staggered scores."""
+  real = jnp.asarray(real)
+  delta = jnp.asarray(delta, jnp.float32)[..., None]
+  scores = jnp.where(real | (jnp.arange(real.shape[0]) == mask_id), scores, 0.0)
+  real_sum = jnp.sum(jnp.where(real, scores, 0.0), axis=-1, keepdims=True)
+  grow = jnp.exp(delta)
+  if exact:
+    unmask = jnp.exp((1 - gamma) * delta)
+    on_real = scores * grow + (unmask - grow) / jnp.sum(real) * real_sum
+    on_mask = scores[..., mask_id] + (1 - unmask[..., 0]) * real_sum[..., 0]
+  else:
+    absorb_mask = scores[..., mask_id] * grow[..., 0] + (1 - grow[..., 0]) * jnp.sum(
+        scores, axis=-1)
+    uniform_real = scores * grow + (1 - grow) / jnp.sum(real) * real_sum
+    on_real = (1 - gamma) * scores * grow + gamma * uniform_real
+    on_mask = (1 - gamma) * absorb_mask + gamma * scores[..., mask_id]
+  return jnp.where(real, on_real, 0.0).at[..., mask_id].set(on_mask)
+
+
+def gamma_reverse_probs(scores: Array, noisy: Array, delta: Array, gamma: float, real: Array,
+                        mask_id: int, final: Array, exact: bool = True) -> Array:
+  """Unnormalised ``p(x_s | x_t)`` ``[..., V]`` of one tau-leaping step over noise ``delta``:
+  ``staggered_scores ⊙ transposed_transition``, MASK impossible where ``final``."""
+  probs = (staggered_scores(scores, delta, gamma, real, mask_id, exact)
+           * transposed_transition(noisy, delta, gamma, real, mask_id))
+  probs = jnp.maximum(probs, 0.0)
+  return jnp.where(final[..., None] & (jnp.arange(probs.shape[-1]) == mask_id), 0.0, probs)
