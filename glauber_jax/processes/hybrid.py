@@ -272,3 +272,100 @@ def gamma_reverse_probs(scores: Array, noisy: Array, delta: Array, gamma: float,
            * transposed_transition(noisy, delta, gamma, real, mask_id))
   probs = jnp.maximum(probs, 0.0)
   return jnp.where(final[..., None] & (jnp.arange(probs.shape[-1]) == mask_id), 0.0, probs)
+
+
+# ---- Samplers over a hyperschedule's tables ------------------------------------------------------
+
+def _next_times(times: Array) -> Array:
+  """``[T, L]``: each call's times shifted one call back (the last call's own times repeat;
+  the samplers treat the last call as final)."""
+  return jnp.concatenate([times[1:], times[-1:]], axis=0)
+
+
+def epsilon_sample(rng: Array, logits_fn: LogitsFn, initial: Array, frozen: Array,
+                   tables: dict[str, np.ndarray], mask_id: int, allowed: Array, eta: float = 0.0,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+                   ) -> tuple[Array, Array]:
+  """Ancestral sampling of the epsilon-hybrid over a hyperschedule, with ACS, in one scan.
+
+  At call ``c`` each active masked position is revealed with probability ``1 - t_{c+1}/t_c``
+  (1 at its final call) to a draw from the model; with ``eta > 0`` (ACS) each active position
+  already unmasked at the start of the call is, with probability ``eta t_{c+1}/t_c``, redrawn
+  from the same logits. Settled, idle and ``frozen`` (prompt) positions never change.
+
+  Args:
+    rng: PRNG key; call ``c`` draws with ``fold_in(rng, c)``.
+    logits_fn: the denoiser, ``(noisy [B, L], times [B, L]) -> [B, L, V]``.
+    initial: ``[B, L]``, ``mask_id`` where nothing is known yet.
+    frozen: ``[B, L]`` bool, positions never resampled (the prompt).
+    tables: ``hyperschedules.Hyperschedule.tables()``.
+    mask_id, allowed: the absorbing id and the ``[V]`` ids a draw may return.
+    eta: ACS's correction rate (0: the original sampler).
+    temperature, top_k, top_p: shape the token draws.
+
+  Returns:
+    ``(final [B, L], corrections [B])``: the samples and each row's number of corrections.
+  """
+  times = jnp.asarray(tables["times"])
+  keep_ratio = jnp.where(jnp.asarray(tables["final"]), 0.0, _next_times(times) / times)
+  steps = (times, keep_ratio, jnp.asarray(tables["active"]), jnp.arange(times.shape[0]))
+  allowed = jnp.asarray(allowed) & (jnp.arange(allowed.shape[0]) != mask_id)
+
+  def step(carry: tuple[Array, Array], inputs: tuple[Array, ...]) -> tuple[tuple, None]:
+    tokens, corrections = carry
+    call_times, keep, active, call = inputs
+    token_rng, reveal_rng, correct_rng = jax.random.split(jax.random.fold_in(rng, call), 3)
+    logits = logits_fn(tokens, jnp.broadcast_to(call_times, tokens.shape))
+    logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
+    proposal = sampling.sample_categorical(token_rng, logits, temperature, top_k, top_p)
+    movable = active & ~frozen
+    masked = tokens == mask_id
+    reveal = masked & movable & sampling.coin_flips(reveal_rng, 1.0 - keep, tokens.shape)
+    correct = ~masked & movable & sampling.coin_flips(correct_rng, eta * keep, tokens.shape)
+    tokens = jnp.where(reveal | correct, proposal, tokens)
+    return (tokens, corrections + jnp.sum(correct, axis=-1)), None
+
+  (final, corrections), _ = jax.lax.scan(
+      step, (initial.astype(jnp.int32), jnp.zeros(initial.shape[0], jnp.int32)), steps)
+  return final, corrections
+
+
+def gamma_sample(rng: Array, log_score_fn: LogitsFn, initial: Array, frozen: Array,
+                 tables: dict[str, np.ndarray], gamma: float, real: Array, mask_id: int,
+                 exact: bool = True) -> Array:
+  """Analytic tau-leaping of the gamma-hybrid over a hyperschedule, in one scan.
+
+  At call ``c`` the active positions step from ``sigma(t_c)`` to ``sigma(t_{c+1})`` (at their
+  final call to ``sigma(t_c / 100)``, the reference's ``0.99 a`` step from ``t = a``), drawing
+  from ``gamma_reverse_probs`` (MASK impossible at the final call); settled, idle and
+  ``frozen`` positions never change.
+
+  Args:
+    rng: PRNG key; call ``c`` draws with ``fold_in(rng, c)``.
+    log_score_fn: ``(noisy [B, L], times [B, L]) -> [B, L, V]`` log concrete scores.
+    initial: ``[B, L]`` prior draws (and the prompt).
+    frozen: ``[B, L]`` bool, positions never resampled.
+    tables: ``hyperschedules.Hyperschedule.tables()``.
+    gamma, real, mask_id: the process.
+    exact: the exact staggered scores (True) or the reference code's approximation.
+  """
+  times = jnp.asarray(tables["times"])
+  final = jnp.asarray(tables["final"])
+  next_times = jnp.where(final, times / 100, _next_times(times))
+  steps = (times, next_times, jnp.asarray(tables["active"]), final, jnp.arange(times.shape[0]))
+  support = jnp.asarray(real) | (jnp.arange(jnp.asarray(real).shape[0]) == mask_id)
+
+  def step(tokens: Array, inputs: tuple[Array, ...]) -> tuple[Array, None]:
+    call_times, call_next, active, call_final, call = inputs
+    delta = jnp.broadcast_to(log_linear_sigma(call_times) - log_linear_sigma(call_next),
+                             tokens.shape)
+    log_scores = log_score_fn(tokens, jnp.broadcast_to(call_times, tokens.shape))
+    log_scores = jnp.minimum(log_scores.astype(jnp.float32), 80.0)
+    scores = jnp.where(support, jnp.exp(log_scores), 0.0)
+    probs = gamma_reverse_probs(scores, tokens, delta, gamma, real, mask_id,
+                                jnp.broadcast_to(call_final, tokens.shape), exact)
+    proposal = draw(jax.random.fold_in(rng, call), probs)
+    return jnp.where(active & ~frozen, proposal, tokens), None
+
+  final_tokens, _ = jax.lax.scan(step, initial.astype(jnp.int32), steps)
+  return final_tokens
