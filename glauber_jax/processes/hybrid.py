@@ -197,7 +197,9 @@ def gamma_score_entropy(log_scores: Array, noisy: Array, tokens: Array, sigma: A
   rate = jnp.where((noisy == mask_id)[..., None], 1 - gamma, gamma / num_real)
   rate = jnp.where(real & ~is_noisy, rate, 0.0)
   scores = jnp.where(rate > 0, log_scores, 0.0)
-  terms = jnp.exp(scores) - ratio * scores + _entropy_constant(ratio)
+  # e^s - r s + K(r) = r (e^u - u - 1) with u = s - log r: no cancellation when r is large.
+  gap = scores - jnp.log(jnp.where(ratio > 0, ratio, 1.0))
+  terms = jnp.where(ratio > 0, ratio * (jnp.expm1(gap) - gap), jnp.exp(scores))
   return jnp.sum(jnp.where(rate > 0, rate * terms, 0.0), axis=-1)
 
 
