@@ -24,7 +24,7 @@ Every random draw goes through ``sampling.sample_categorical`` (float64-resoluti
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -284,10 +284,37 @@ def _next_times(times: Array) -> Array:
   return jnp.concatenate([times[1:], times[-1:]], axis=0)
 
 
-def epsilon_sample(rng: Array, logits_fn: LogitsFn, initial: Array, frozen: Array,
+def _epsilon_update(rng: Array, tokens: Array, logits: Array, keep: Array, active: Array,
+                    frozen: Array, mask_id: int, allowed: Array, eta: float, temperature: float,
+                    top_k: int, top_p: float) -> tuple[Array, Array]:
+  """One call of the epsilon sampler given the model's ``logits [B, L, V]``: the new tokens and
+  each row's number of ACS corrections."""
+  token_rng, reveal_rng, correct_rng = jax.random.split(rng, 3)
+  logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
+  proposal = sampling.sample_categorical(token_rng, logits, temperature, top_k, top_p)
+  movable = active & ~frozen
+  masked = tokens == mask_id
+  reveal = masked & movable & sampling.coin_flips(reveal_rng, 1.0 - keep, tokens.shape)
+  correct = ~masked & movable & sampling.coin_flips(correct_rng, eta * keep, tokens.shape)
+  return jnp.where(reveal | correct, proposal, tokens), jnp.sum(correct, axis=-1)
+
+
+def _epsilon_steps(tables: dict[str, np.ndarray]) -> tuple[Array, Array, Array, Array]:
+  """Per call: ``(times, keep ratio t_{c+1}/t_c (0 at final calls), active, call index)``."""
+  times = jnp.asarray(tables["times"])
+  keep_ratio = jnp.where(jnp.asarray(tables["final"]), 0.0, _next_times(times) / times)
+  return times, keep_ratio, jnp.asarray(tables["active"]), jnp.arange(times.shape[0])
+
+
+def _draw_ids(allowed: Array, mask_id: int) -> Array:
+  allowed = jnp.asarray(allowed)
+  return allowed & (jnp.arange(allowed.shape[0]) != mask_id)
+
+
+def epsilon_sample(rng: Array, logits_fn: Callable[..., Array], initial: Array, frozen: Array,
                    tables: dict[str, np.ndarray], mask_id: int, allowed: Array, eta: float = 0.0,
-                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-                   ) -> tuple[Array, Array]:
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   attention_masks: Optional[np.ndarray] = None) -> tuple[Array, Array]:
   """Ancestral sampling of the epsilon-hybrid over a hyperschedule, with ACS, in one scan.
 
   At call ``c`` each active masked position is revealed with probability ``1 - t_{c+1}/t_c``
@@ -297,39 +324,79 @@ def epsilon_sample(rng: Array, logits_fn: LogitsFn, initial: Array, frozen: Arra
 
   Args:
     rng: PRNG key; call ``c`` draws with ``fold_in(rng, c)``.
-    logits_fn: the denoiser, ``(noisy [B, L], times [B, L]) -> [B, L, V]``.
+    logits_fn: the denoiser, ``(noisy [B, L], times [B, L]) -> [B, L, V]``, or with
+      ``attention_masks`` ``(noisy, times, mask [L, L]) -> [B, L, V]``.
     initial: ``[B, L]``, ``mask_id`` where nothing is known yet.
     frozen: ``[B, L]`` bool, positions never resampled (the prompt).
     tables: ``hyperschedules.Hyperschedule.tables()``.
     mask_id, allowed: the absorbing id and the ``[V]`` ids a draw may return.
     eta: ACS's correction rate (0: the original sampler).
     temperature, top_k, top_p: shape the token draws.
+    attention_masks: ``[T, L, L]`` bool, each call's attention mask (None: the network's own).
 
   Returns:
     ``(final [B, L], corrections [B])``: the samples and each row's number of corrections.
   """
-  times = jnp.asarray(tables["times"])
-  keep_ratio = jnp.where(jnp.asarray(tables["final"]), 0.0, _next_times(times) / times)
-  steps = (times, keep_ratio, jnp.asarray(tables["active"]), jnp.arange(times.shape[0]))
-  allowed = jnp.asarray(allowed) & (jnp.arange(allowed.shape[0]) != mask_id)
+  allowed = _draw_ids(allowed, mask_id)
+  masks = None if attention_masks is None else jnp.asarray(attention_masks)
 
   def step(carry: tuple[Array, Array], inputs: tuple[Array, ...]) -> tuple[tuple, None]:
     tokens, corrections = carry
     call_times, keep, active, call = inputs
-    token_rng, reveal_rng, correct_rng = jax.random.split(jax.random.fold_in(rng, call), 3)
-    logits = logits_fn(tokens, jnp.broadcast_to(call_times, tokens.shape))
-    logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
-    proposal = sampling.sample_categorical(token_rng, logits, temperature, top_k, top_p)
-    movable = active & ~frozen
-    masked = tokens == mask_id
-    reveal = masked & movable & sampling.coin_flips(reveal_rng, 1.0 - keep, tokens.shape)
-    correct = ~masked & movable & sampling.coin_flips(correct_rng, eta * keep, tokens.shape)
-    tokens = jnp.where(reveal | correct, proposal, tokens)
-    return (tokens, corrections + jnp.sum(correct, axis=-1)), None
+    call_times = jnp.broadcast_to(call_times, tokens.shape)
+    logits = (logits_fn(tokens, call_times) if masks is None
+              else logits_fn(tokens, call_times, masks[call]))
+    tokens, corrected = _epsilon_update(jax.random.fold_in(rng, call), tokens, logits, keep,
+                                        active, frozen, mask_id, allowed, eta, temperature,
+                                        top_k, top_p)
+    return (tokens, corrections + corrected), None
 
   (final, corrections), _ = jax.lax.scan(
-      step, (initial.astype(jnp.int32), jnp.zeros(initial.shape[0], jnp.int32)), steps)
+      step, (initial.astype(jnp.int32), jnp.zeros(initial.shape[0], jnp.int32)),
+      _epsilon_steps(tables))
   return final, corrections
+
+
+#: ``(cache or None, block [B, w]) -> (logits [B, w, V], cache with the block appended)``.
+BlockLogitsFn = Callable[[Any, Array], tuple[Array, Any]]
+
+
+def epsilon_sample_cached(rng: Array, block_logits_fn: BlockLogitsFn, initial: Array,
+                          frozen: Array, schedule: Any, mask_id: int, allowed: Array,
+                          eta: float = 0.0, temperature: float = 1.0, top_k: int = 0,
+                          top_p: float = 1.0) -> tuple[Array, Array]:
+  """``epsilon_sample`` over a block hyperschedule with the settled blocks' keys and values
+  cached: each call runs the network on the active block only, attending to the cache and to
+  itself; after a block's last call its final tokens are appended to the cache once. With the
+  schedule's ``block_causal`` attention masks, the same draws as ``epsilon_sample`` (same keys,
+  same calls) from the same logits up to float rounding."""
+  if schedule.kind not in ("block", "flat", "quench"):
+    raise ValueError(f"KV caching needs a block schedule, got {schedule.kind!r}.")
+  allowed = _draw_ids(allowed, mask_id)
+  _, keep_ratio, active, calls = _epsilon_steps(schedule.tables())
+  tokens, corrections = initial.astype(jnp.int32), jnp.zeros(initial.shape[0], jnp.int32)
+  cache = None
+  for block_start in range(0, schedule.seq_len, schedule.width):
+    block_end = min(block_start + schedule.width, schedule.seq_len)
+    first_call = block_start // schedule.width * schedule.num_levels
+    rows = slice(first_call, first_call + schedule.num_levels)
+
+    def step(carry: tuple[Array, Array], inputs: tuple[Array, ...], cache: Any = cache,
+             block_start: int = block_start, block_end: int = block_end) -> tuple[tuple, None]:
+      tokens, corrections = carry
+      keep, call_active, call = inputs
+      block_logits, _ = block_logits_fn(cache, tokens[:, block_start:block_end])
+      logits = jnp.zeros(tokens.shape + block_logits.shape[-1:], jnp.float32)
+      logits = logits.at[:, block_start:block_end].set(block_logits)
+      tokens, corrected = _epsilon_update(jax.random.fold_in(rng, call), tokens, logits, keep,
+                                          call_active, frozen, mask_id, allowed, eta,
+                                          temperature, top_k, top_p)
+      return (tokens, corrections + corrected), None
+
+    (tokens, corrections), _ = jax.lax.scan(
+        step, (tokens, corrections), (keep_ratio[rows], active[rows], calls[rows]))
+    _, cache = block_logits_fn(cache, tokens[:, block_start:block_end])
+  return tokens, corrections
 
 
 def gamma_sample(rng: Array, log_score_fn: LogitsFn, initial: Array, frozen: Array,
