@@ -195,3 +195,19 @@ class SingleStackDenoiser:
                                times if self.network_config.time_conditioning else None,
                                **_dropout(dropout_rng))
     return logits.astype(jnp.float32)
+
+  def masked_logits(self, params: Params, noisy: Array, attention_mask: Array) -> Array:
+    """Float32 logits ``[B, L, V]`` under ``attention_mask`` (bool ``[L, L]``, a hyperschedule's
+    mask; no time input)."""
+    return self.module.apply({"params": params}, noisy, None,
+                             attention_mask=attention_mask).astype(jnp.float32)
+
+  def block_logits(self, params: Params, cache: Optional[dict[str, Any]], block: Array
+                   ) -> tuple[Array, dict[str, Any]]:
+    """Block decoding with the KV cache (no time input): float32 logits ``[B, w, V]`` of
+    ``block [B, w]`` placed after the cached positions, attending to them and to each other,
+    and the cache with the block appended (keep it to commit the block, drop it to evaluate
+    the block again). ``cache`` None: an empty one."""
+    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+    logits, mutated = self.module.apply(variables, block, None, decode=True, mutable=["cache"])
+    return logits.astype(jnp.float32), mutated["cache"]

@@ -239,8 +239,9 @@ class MultiHeadAttention(nn.Module):
   """T5 attention (no biases, unscaled logits) with an optional KV cache.
 
   In ``decode`` mode a self-attention layer appends the new keys and values at the cache index
-  of a cache of ``cache_length`` positions (its stack's maximum length) and attends to everything
-  written so far; a cross-attention layer projects the encoder output once (``prefill``) and
+  of a cache of ``cache_length`` positions (its stack's maximum length) and attends causally to
+  everything written so far (a ``mask`` over the cache positions, if given, replaces the causal
+  one: the block decoding of ``single_stack``); a cross-attention layer projects the encoder output once (``prefill``) and
   reads the projected keys and values from the cache afterwards.
   """
 
@@ -302,7 +303,7 @@ class MultiHeadAttention(nn.Module):
       key_positions = jnp.arange(self.cache_length)
       query_positions = index + jnp.arange(steps)
       causal = key_positions[None, :] <= query_positions[:, None]
-      mask = causal[None, None] if mask is None else jnp.logical_and(mask, causal[None, None])
+      mask = causal[None, None] if mask is None else mask  # A given mask replaces the causal one.
     query = constrain(query, ("activation_batch", "activation_length", "activation_heads",
                                "activation_kv"))
     key = constrain(key, ("activation_batch", "activation_length", "activation_heads",

@@ -39,9 +39,13 @@ class SingleStack(nn.Module):
   ``causal`` picks the attention pattern (the model using the stack sets it).
 
   ``time`` is a ``[B]`` (or scalar) array of diffusion times when ``config.time_conditioning``
-  is set, and must be None otherwise. ``decode=True`` (causal only; the ``cache`` collection
-  mutable) appends ``tokens`` at the cache position: the first such call creates the cache, and
-  may feed several tokens at once (a prefix).
+  is set, and must be None otherwise. ``decode=True`` (the ``cache`` collection mutable) appends
+  ``tokens`` at the cache position: the first such call creates the cache, and may feed several
+  tokens at once (a prefix). A causal stack attends causally; a bidirectional one decodes blocks:
+  the new tokens attend to everything cached and to each other (block-causal KV caching of the
+  hybrid processes' block hyperschedules; calling it without keeping the mutated cache evaluates
+  a block without committing it). ``attention_mask`` (bidirectional, not decoding): bool
+  ``[L, L]`` or ``[B, L, L]``, True where a query may attend to a key (a hyperschedule's mask).
   """
 
   config: network.NetworkConfig
@@ -55,7 +59,7 @@ class SingleStack(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, time: Optional[Array] = None, enable_dropout: bool = False,
-               decode: bool = False) -> Array:
+               decode: bool = False, attention_mask: Optional[Array] = None) -> Array:
     cfg = self.config
     max_length = cfg.max_encoder_length
     batch, length = tokens.shape
@@ -64,18 +68,22 @@ class SingleStack(nn.Module):
       raise errors.ConfigError(f"tokens have length {length}, longer than the model's maximum "
                        f"{max_length} (NetworkConfig.max_encoder_length).")
     if decode:
-      if not self.causal:
-        raise ValueError("decode=True needs a causal single stack (SingleStack.causal).")
       index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
       start = index.value
       index.value = start + length
       positions = start + jnp.arange(length)
       key_positions = jnp.arange(max_length)
-      mask = None  # The attention layer builds the causal cache mask.
+      # Causal: the attention layer builds the causal cache mask. Bidirectional (block
+      # decoding): the new tokens see everything cached and each other.
+      mask = None if self.causal else (key_positions < start + length)[None, None, None, :]
     else:
       positions = jnp.arange(length)
       key_positions = positions
       mask = nn.make_causal_mask(tokens, dtype=jnp.bool_) if self.causal else None
+      if attention_mask is not None:
+        if self.causal:
+          raise ValueError("attention_mask is for bidirectional single stacks.")
+        mask = jnp.broadcast_to(attention_mask, (batch, length, length))[:, None]
     time_vector = self._time_vector(time, batch)
     x = nn.Embed(num_embeddings=cfg.vocab_size, features=cfg.d_model, dtype=cfg.compute_dtype,
                  param_dtype=cfg.weight_dtype,

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from glauber_jax import denoisers, models, sampling
-from glauber_jax.processes import absorbing_process, glauber_process
+from glauber_jax.processes import absorbing_process, glauber_process, hybrid_process
 from test_glauber_end_to_end import (L, LETTER_IDS, VOCAB, ExactChain, all_digits,
                                      expected_sampling_tv, language_distribution,
                                      neighbour_states)
@@ -188,7 +188,35 @@ def absorbing_toy() -> Toy:
              jnp.linspace(0.1, 1.0, 6), 4000, forward_check, bound_is_exact_per_path=False)
 
 
-TOYS = {"glauber": glauber_toy, "absorbing": absorbing_toy}
+def epsilon_hybrid_toy() -> Toy:
+  # The absorbing toy's tables: the sampler never shuffles, so the exact posteriors given the
+  # unmasked tokens are the exact reverse model of the epsilon-hybrid's ancestral sampler.
+  epsilon = 0.2
+  process = hybrid_process.EpsilonHybridProcess(L, epsilon=epsilon, time_epsilon=0.0,
+                                                num_levels=128)
+  exact = {"log_p": jnp.log(jnp.asarray(P_DATA, jnp.float32))}
+  other = np.random.default_rng(1).dirichlet(np.ones(len(STATES)))
+  perturbed = {"log_p": jnp.log(jnp.asarray(other, jnp.float32))}
+
+  def forward_check(batch: dict[str, Array]) -> None:
+    masked, levels = np.asarray(batch["masked"], np.float64), np.asarray(batch["levels"])
+    se = np.sqrt(np.mean(levels * (1 - levels)) / masked.shape[0])
+    np.testing.assert_array_less(np.abs((masked - levels).mean(axis=0)), 4 * se)
+    shuffled = np.asarray(batch["shuffled"])
+    noisy, targets = np.asarray(batch["noisy"]), np.asarray(batch["targets"])
+    np.testing.assert_array_equal(noisy[masked > 0], VOCAB.sentinel_id(0))
+    kept = (masked == 0) & ~shuffled
+    np.testing.assert_array_equal(noisy[kept], targets[kept])
+    assert np.isin(noisy[shuffled], LETTER_IDS).all()
+    rate, count = shuffled.sum() / (masked == 0).sum(), (masked == 0).sum()
+    assert abs(rate - epsilon) < 4 * np.sqrt(epsilon * (1 - epsilon) / count)
+
+  return Toy(models.DiffusionModel(AbsorbingTables(), process), exact, perturbed, other, {},
+             jnp.linspace(0.1, 1.0, 6), 4000, forward_check, bound_is_exact_per_path=False)
+
+
+TOYS = {"glauber": glauber_toy, "absorbing": absorbing_toy,
+        "epsilon_hybrid": epsilon_hybrid_toy}
 
 
 @pytest.fixture(params=sorted(TOYS), scope="module")

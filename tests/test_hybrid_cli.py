@@ -1,0 +1,47 @@
+"""The hybrid family through the command lines at toy size: ``train`` with
+``gin/hybrid_{epsilon,gamma}_tiny.gin``, ``infer`` with the hyperschedule / ACS / stagger
+options, and ``infer --mode=bound``."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from test_cli import cli, run
+
+SHRINK = ["--gin.BATCH_SIZE=4", "--gin.SEQ_LEN=32", "--gin.train.show_progress=False",
+          "--gin.single_stack/network.NetworkConfig.d_model=32",
+          "--gin.single_stack/network.NetworkConfig.num_heads=2",
+          "--gin.single_stack/network.NetworkConfig.head_dim=16",
+          "--gin.single_stack/network.NetworkConfig.d_ff=64",
+          "--gin.single_stack/network.NetworkConfig.num_encoder_layers=1",
+          "--gin.single_stack/network.NetworkConfig.max_encoder_length=32"]
+OPTIONS = {"epsilon": "{'schedule': 'block', 'width': 8, 'num_levels': 3, 'eta': 0.05}",
+           "gamma": "{'num_levels': 6, 'exact_stagger': False}"}
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIONS))
+def test_hybrid_trains_samples_and_bounds(tmp_path: pathlib.Path, kind: str) -> None:
+  model_dir = tmp_path / kind
+  shrink = [f"--gin_file=gin/hybrid_{kind}_tiny.gin", f"--gin.MODEL_DIR='{model_dir}'", *SHRINK]
+  trained = run(cli("glauber_jax.train", *shrink, "--gin.TRAIN_STEPS=2"))
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  sampled = run(cli("glauber_jax.infer", *shrink, f"--checkpoint={model_dir}",
+                    "--gin.infer.num_samples=2", "--gin.infer.batch_size=2",
+                    "--gin.infer.prompts=['To be, or not']",
+                    f"--gin.infer.sampler_options={OPTIONS[kind]}"))
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  records = [json.loads(line) for line in open(model_dir / "infer_sample.jsonl",
+                                               encoding="utf-8")]
+  assert len(records) == 2 and all(len(r["token_ids"]) == 32 for r in records)
+  assert all(r["text"].startswith("To be, or not") for r in records)
+  settings = records[0]["settings"]
+  assert settings["num_levels"] == (3 if kind == "epsilon" else 6)
+  assert settings["eta" if kind == "epsilon" else "exact_stagger"] in (0.05, False)
+  bound = run(cli("glauber_jax.infer", *shrink, f"--checkpoint={model_dir}", "--mode=bound",
+                  "--gin.infer.batch_size=2", "--gin.infer.num_eval_batches=1"))
+  assert bound.returncode == 0, bound.stderr[-3000:]
+  record = json.loads(open(model_dir / "infer_bound.jsonl", encoding="utf-8").read())
+  assert 1.0 < record["perplexity_upper_bound"] < float("inf")
