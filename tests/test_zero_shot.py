@@ -365,3 +365,30 @@ def test_standard_error_matches_the_sample_formula() -> None:
   values = [1.0, 0.0, 1.0, 1.0]
   assert scoring.standard_error(values) == pytest.approx(np.std(values, ddof=1) / 2)
   assert scoring.standard_error([1.0]) is None
+
+
+# ---- The command line ------------------------------------------------------------------------
+
+
+def test_command_line_pairs_checkpoints_with_their_gin_files_and_labels_bounds() -> None:
+  from glauber_jax.zero_shot import __main__ as cli  # pylint: disable=import-outside-toplevel
+  specs, bindings, rest = cli.split_models([
+      "--task=piqa", "--gin_file=gin/ar_tiny.gin", "--checkpoint=runs/ar", "--gin.SEED=1",
+      "--gin_file=gin/mdlm_tiny.gin", "--gin_file=extra.gin", "--checkpoint=runs/mdlm/"])
+  assert [(spec.gin_files, spec.name) for spec in specs] == [
+      (["gin/ar_tiny.gin"], "ar"), (["gin/mdlm_tiny.gin", "extra.gin"], "mdlm")]
+  assert bindings == ["SEED=1"] and rest == ["--task=piqa"]
+  assert cli.data_flags(["/x.jsonl"], ["piqa"]) == {"piqa": "/x.jsonl"}
+  assert cli.data_flags(["piqa=/x", "siqa=/y"], ["piqa", "siqa"]) == {"piqa": "/x",
+                                                                      "siqa": "/y"}
+  with pytest.raises(SystemExit, match="--data=TASK=PATH"):
+    cli.data_flags(["/x"], ["piqa", "siqa"])
+  common = {"tokens": 640, "perplexity_se": None}
+  rows = [{"model": "ar", "task": "wikitext2", "relation": "=", "perplexity": 12.5, **common},
+          {"model": "mdlm", "task": "wikitext2", "relation": "<=", "perplexity": 20.0,
+           **common, "perplexity_se": 0.5},
+          {"model": "ar", "task": "piqa", "acc": 0.5, "acc_se": 0.1, "acc_norm": 0.75,
+           "acc_norm_se": 0.1}]
+  table = cli.format_tables(rows)
+  assert "= 12.50" in table and "<= 20.00±0.50" in table and "640 tokens" in table
+  assert "piqa acc_norm" in table and "0.750±0.100" in table

@@ -31,6 +31,7 @@ import dataclasses
 import math
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +40,12 @@ from glauber_jax import models, vocabularies
 from glauber_jax.zero_shot import readers
 
 Array = jax.Array
+
+
+@gin.configurable
+def evaluated_model(model: models.BaseModel = gin.REQUIRED) -> models.BaseModel:
+  """The model to evaluate: ``%MODEL`` of its gin file (the command line binds it)."""
+  return model
 
 
 @dataclasses.dataclass
