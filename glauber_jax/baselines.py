@@ -114,6 +114,21 @@ class CausalLMModel(models.BaseModel):
     del rng, inference_state
     return self.log_likelihood(params, tokens)
 
+  @functools.partial(jax.jit, static_argnames=("self",))
+  def conditional_log_likelihood(self, params: Params, tokens: Array, free: Array) -> Array:
+    """``sum_{free i} log p(x_i | x_<i)`` ``[B]``: exactly ``log p(tokens[free] |
+    tokens[~free])`` when every frozen position before the last free one precedes the
+    first free one (a prompt, then the continuation)."""
+    return jnp.sum(jnp.where(free, self.token_log_probs(params, tokens), 0.0), axis=-1)
+
+  def conditional_likelihood_bound(self, params: Params, tokens: Array, free: Array,
+                                   rng: Array,
+                                   inference_state: Optional[Mapping[str, Params]] = None
+                                   ) -> Array:
+    """The exact ``conditional_log_likelihood`` (``rng`` unused)."""
+    del rng, inference_state
+    return self.conditional_log_likelihood(params, tokens, free)
+
   @functools.partial(jax.jit, static_argnames=("self", "batch_size", "temperature", "top_k",
                                                "top_p", "text_only"))
   def generate(self, params: Params, rng: Array, batch_size: int,

@@ -126,6 +126,11 @@ class EncoderDecoderDenoiser:
   def causal_log_prob(self, params: Params, tokens: Array, times: Array,
                       dropout_rng: Optional[Array] = None) -> Array:
     """Teacher-forced CAUSAL-GEN log-likelihood ``[B]`` of ``tokens [B, L]`` at ``times``."""
+    return jnp.sum(self.causal_token_log_probs(params, tokens, times, dropout_rng), axis=-1)
+
+  def causal_token_log_probs(self, params: Params, tokens: Array, times: Array,
+                             dropout_rng: Optional[Array] = None) -> Array:
+    """CAUSAL-GEN's ``log p(x_i | x_<i)`` ``[B, L]`` of ``tokens [B, L]`` at ``times``."""
     batch = tokens.shape[0]
     encoder = denoisers.causal_gen(jnp.zeros((batch, 0), jnp.int32), self.special_ids,
                                    xp=jnp)["encoder_input_tokens"]
@@ -134,7 +139,7 @@ class EncoderDecoderDenoiser:
                                times.astype(jnp.float32), **_dropout(dropout_rng))
     logits = jnp.where(self.allowed_tokens, logits.astype(jnp.float32), -jnp.inf)
     log_probs = jax.nn.log_softmax(logits)
-    return jnp.sum(jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0], axis=-1)
+    return jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
 
   def causal_gen(self, params: Params, rng: Array, prefix: Array, seq_len: int, times: Array,
                  options: Any) -> Array:

@@ -227,6 +227,17 @@ class BaseModel(abc.ABC):
     del params, tokens, rng, inference_state
     raise ValueError(f"{type(self).__name__} has no likelihood bound.")
 
+  def conditional_likelihood_bound(self, params: Params, tokens: Array, free: Array,
+                                   rng: Array,
+                                   inference_state: Optional[Mapping[str, Params]] = None
+                                   ) -> Array:
+    """A lower bound ``[B]`` (nats) on ``log p(tokens[free] | tokens[~free])`` (``free
+    [B, L]`` bool), exact for a causal LM (which then needs every free position after the
+    frozen ones it conditions on), one Monte-Carlo draw for a diffusion bound: the
+    likelihood of a continuation given its prompt, as the sampler draws it."""
+    del params, tokens, free, rng, inference_state
+    raise ValueError(f"{type(self).__name__} has no conditional likelihood bound.")
+
 
 @gin.configurable
 class EncoderDecoderModel(BaseModel):
@@ -448,6 +459,22 @@ class DiffusionModel(BaseModel):
                         inference_state: Mapping[str, Params]) -> Array:
     return self.process.likelihood_bound(self.denoiser, nn.meta.unbox(params), tokens, rng,
                                          nn.meta.unbox(inference_state))
+
+  def conditional_likelihood_bound(self, params: Params, tokens: Array, free: Array,
+                                   rng: Array,
+                                   inference_state: Optional[Mapping[str, Params]] = None
+                                   ) -> Array:
+    """The process's one-draw conditional bound ``[B]`` (nats); ``free`` broadcasts to
+    ``tokens``' shape."""
+    return self._conditional_likelihood_bound(params, tokens,
+                                              jnp.broadcast_to(free, tokens.shape), rng,
+                                              dict(inference_state or {}))
+
+  @functools.partial(jax.jit, static_argnames=("self",))
+  def _conditional_likelihood_bound(self, params: Params, tokens: Array, free: Array,
+                                    rng: Array, inference_state: Mapping[str, Params]) -> Array:
+    return self.process.conditional_likelihood_bound(
+        self.denoiser, nn.meta.unbox(params), tokens, free, rng, nn.meta.unbox(inference_state))
 
   def predict_batch(self, params: Params, batch: Batch, rng: Array, **kwargs: Any) -> Array:
     """Samples ``[B, L]``; ``kwargs`` are sampler options."""

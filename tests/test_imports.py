@@ -24,6 +24,7 @@ TASK_IMPORTERS: dict[str, Optional[frozenset[str]]] = {
     "glauber_jax.infer": frozenset({"main"}),
     "glauber_jax.eval": frozenset({"main"}),
     "glauber_jax.data.__main__": frozenset({"main"}),
+    "glauber_jax.zero_shot.__main__": frozenset({"main"}),
     # The testbed's command line: its main passes tasks.registry to the runner.
     "glauber_jax.testbed.__main__": frozenset({"main"}),
 }

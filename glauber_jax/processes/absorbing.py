@@ -66,15 +66,20 @@ def nelbo_terms(log_probs: Array, tokens: Array, masked: Array, levels: Array) -
 
 
 def nelbo(rng: Array, tokens: Array, logits_fn: LogitsFn, mask_id: int,
-          epsilon: float = 0.0) -> Array:
+          epsilon: float = 0.0, free: Optional[Array] = None) -> Array:
   """A one-draw Monte Carlo estimate ``[B]`` of the NELBO of ``tokens [B, L]`` (nats).
 
   With ``epsilon = 0`` the estimate is unbiased, so its mean bounds ``-log p_theta(x)`` from
   above; ``epsilon > 0`` (training) drops the part of the integral below ``epsilon``.
+  ``free [B, L]`` (bool; None: every position) bounds ``-log p_theta(x[free] | x[~free])``
+  instead, the conditional the sampler draws with the other positions kept (a prompt): only
+  free positions are ever masked.
   """
   time_rng, mask_rng = jax.random.split(rng)
   times = stratified_times(time_rng, tokens.shape[0], epsilon)
   noisy, masked = forward_mask(mask_rng, tokens, times[:, None], mask_id)
+  if free is not None:
+    noisy, masked = jnp.where(free, noisy, tokens), masked & free
   return nelbo_terms(subs_log_probs(logits_fn(noisy, times), mask_id), tokens, masked,
                      times[:, None])
 

@@ -123,12 +123,14 @@ class AbsorbingProcess(base.Process):
     return denoiser.training_flops(self.seq_len, self.seq_len)
 
   def elbo(self, denoiser: AbsorbingDenoiser, params: Params, tokens: Array, rng: Array,
-           num_samples: int = 1) -> Array:
+           num_samples: int = 1, free: Optional[Array] = None) -> Array:
     """The ELBO ``[B]`` (nats, ``<= log p_theta(x)``) of ``tokens [B, L]``, averaged over
-    ``num_samples`` draws of ``(t, z_t)``; ``exp(-mean / L)`` bounds the perplexity."""
+    ``num_samples`` draws of ``(t, z_t)``; ``exp(-mean / L)`` bounds the perplexity. With
+    ``free [B, L]``, the ELBO of ``log p_theta(x[free] | x[~free])`` (``absorbing.nelbo``)."""
     logits_fn = functools.partial(denoiser.logits, params)
     draws = jax.lax.map(
-        lambda key: absorbing.nelbo(key, tokens, logits_fn, denoiser.special_ids.mask),
+        lambda key: absorbing.nelbo(key, tokens, logits_fn, denoiser.special_ids.mask,
+                                    free=free),
         jax.random.split(rng, num_samples))
     return -jnp.mean(draws, axis=0)
 
@@ -137,6 +139,14 @@ class AbsorbingProcess(base.Process):
     """The one-draw ``elbo`` (the absorbing process needs no inference state)."""
     del inference_state
     return self.elbo(denoiser, params, tokens, rng)
+
+  def conditional_likelihood_bound(self, denoiser: AbsorbingDenoiser, params: Params,
+                                   tokens: Array, free: Array, rng: Array,
+                                   inference_state: Mapping[str, Params]) -> Array:
+    """One-draw ELBO ``[B]`` of ``log p(tokens[free] | tokens[~free])``: only the free
+    positions are masked, as the sampler keeps a prompt."""
+    del inference_state
+    return self.elbo(denoiser, params, tokens, rng, free=free)
 
   def score(self, denoiser: AbsorbingDenoiser, params: Params, tokens: Array) -> Array:
     """The ELBO with ``num_score_samples`` draws (a lower bound on the log-likelihood)."""

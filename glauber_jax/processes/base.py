@@ -147,6 +147,15 @@ class Process(abc.ABC):
     """A one-draw lower bound ``[B]`` (nats) on ``log p(tokens [B, L])``; its mean over
     draws is at most the model's log-likelihood."""
 
+  def conditional_likelihood_bound(self, denoiser: Any, params: Params, tokens: Array,
+                                   free: Array, rng: Array,
+                                   inference_state: Mapping[str, Params]) -> Array:
+    """A one-draw lower bound ``[B]`` (nats) on ``log p(tokens[free] | tokens[~free])``
+    (``free [B, L]`` bool) under the process's sampler with the other sites kept, as a
+    prompt is (zero-shot multiple choice). Processes without it raise ValueError."""
+    del denoiser, params, tokens, free, rng, inference_state
+    raise ValueError(f"the {self.name!r} process has no conditional likelihood bound.")
+
   def score(self, denoiser: Any, params: Params, tokens: Array) -> Array:
     """Per-sequence scores ``[B]`` for evaluation: ``likelihood_bound`` with a fixed key and
     the parameters as every inference state."""

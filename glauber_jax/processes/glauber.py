@@ -219,7 +219,7 @@ def reverse_sweep(rng: Array, tokens: Array, sites: Array, infill_log_probs: Inf
 
 def likelihood_bound(rng: Array, data_tokens: Array, sites: Array,
                      teacher_log_probs_fn: InfillLogProbs, student_log_probs_fn: InfillLogProbs,
-                     causal_log_prob_fn: CausalLogProb) -> Array:
+                     causal_log_prob_fn: CausalLogProb, free: Optional[Array] = None) -> Array:
   """One-path estimate of the design note's ELBO, ``[B]`` nats (a lower bound on log p(x_0)).
 
   ``log p_causal(x_T) + sum_t [log p_theta(x_{t-1,k} | x_{t,-k}, t) - log q(x_{t,k} | x_{t-1,-k})]``
@@ -227,9 +227,15 @@ def likelihood_bound(rng: Array, data_tokens: Array, sites: Array,
   same masked sequence at step ``t`` (only site ``k`` changes), at times ``T`` and ``t``.
   Average several calls (different ``rng``) to reduce variance; report ``exp(-bound / L)`` as
   the perplexity bound.
+
+  ``free [B, L]`` (bool; None: every site) bounds the conditional ``log p(x_0[free] |
+  x_0[~free])`` of the model whose sampler never resamples the other sites (a frozen prompt):
+  steps at a frozen site leave it unchanged and add nothing, and ``causal_log_prob_fn`` must
+  then score the free sites of ``x_T`` given the frozen ones.
   """
   batch = data_tokens.shape[0]
   num_steps = sites.shape[0]
+  free = jnp.ones(data_tokens.shape, bool) if free is None else free
 
   def step(carry: tuple[Array, Array, Array], t: Array) -> tuple[tuple[Array, Array, Array], None]:
     x, total, key = carry
@@ -239,11 +245,12 @@ def likelihood_bound(rng: Array, data_tokens: Array, sites: Array,
     teacher = teacher_log_probs_fn(x, site, time)
     student = student_log_probs_fn(x, site, time)
     previous = get_sites(x, site)
-    x_next = forward_step(draw_key, x, site, teacher)
+    updates = get_sites(free, site)
+    x_next = jnp.where(updates[:, None], forward_step(draw_key, x, site, teacher), x)
     current = get_sites(x_next, site)
     gain = (jnp.take_along_axis(student, previous[:, None], axis=-1)[:, 0]
             - jnp.take_along_axis(teacher, current[:, None], axis=-1)[:, 0])
-    return (x_next, total + gain, key), None
+    return (x_next, total + jnp.where(updates, gain, 0.0), key), None
 
   init = (data_tokens, jnp.zeros((batch,), jnp.float32), rng)
   (x_final, total, _), _ = jax.lax.scan(step, init, jnp.arange(1, num_steps + 1, dtype=jnp.int32))

@@ -65,6 +65,10 @@ class GlauberDenoiser(base.Denoiser, Protocol):
                       dropout_rng: Optional[Array] = None) -> Array:
     """The prior's log-likelihood ``[B]`` of ``tokens [B, L]``."""
 
+  def causal_token_log_probs(self, params: Params, tokens: Array, times: Array,
+                             dropout_rng: Optional[Array] = None) -> Array:
+    """The prior's ``log p(x_i | x_<i)`` ``[B, L]`` (``conditional_likelihood_bound`` only)."""
+
   def causal_gen(self, params: Params, rng: Array, prefix: Array, seq_len: int, times: Array,
                  options: sampling.SamplerOptions) -> Array:
     """Prior draws ``[B, L]`` continuing ``prefix [B, P]``."""
@@ -428,6 +432,27 @@ class GlauberProcess(base.Process):
         functools.partial(self.infill_log_probs, denoiser, params),
         functools.partial(self.prior_log_prob, denoiser,
                           self.prior_params(params, inference_state)))
+
+  def conditional_likelihood_bound(self, denoiser: GlauberDenoiser, params: Params,
+                                   tokens: Array, free: Array, rng: Array,
+                                   inference_state: Mapping[str, Params]) -> Array:
+    """One-path ELBO ``[B]`` of ``log p(tokens[free] | tokens[~free])``: the forward chain and
+    the reverse rounds skip the other sites (as ``sample`` skips a prompt's), and the prior
+    term is CAUSAL-GEN's log-likelihood of the free sites given the tokens before them (the
+    model drafts the free sites after the prompt; later frozen sites do not condition the
+    draft, only the rounds)."""
+    teacher = inference_state.get("teacher", params)
+    prior_params = self.prior_params(params, inference_state)
+
+    def prior_term(x_final: Array) -> Array:
+      token_log_probs = denoiser.causal_token_log_probs(prior_params, x_final,
+                                                        self._at_end(x_final.shape[0]))
+      return jnp.sum(jnp.where(free, token_log_probs, 0.0), axis=-1)
+
+    return glauber.likelihood_bound(
+        rng, tokens, jnp.asarray(self.schedule.sites()),
+        functools.partial(self.teacher_log_probs, denoiser, teacher),
+        functools.partial(self.infill_log_probs, denoiser, params), prior_term, free)
 
   # ---- Checkpoints --------------------------------------------------------------------------
 
