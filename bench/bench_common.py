@@ -3,8 +3,9 @@
 Every benchmark prints one JSON line per figure (``emit``). Utilisation is reported against
 two peaks: the chip's bf16 matmul peak measured in the same run (``bench/matmul_peak.py``,
 passed as ``--measured_peak_flops``) and the data-sheet peak of ``glauber_jax.throughput``.
-Peak device memory is the process's peak (each benchmark stage runs in a process of its own,
-``bench/gpu_all.py``); None where the backend does not report it (CPUs).
+``--profile_dir`` adds a profiler trace of one more call. Peak device memory is the process's
+peak (each stage runs in a process of its own, ``bench/gpu_all.py``); None where the backend
+does not report it (CPUs).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import datetime
 import json
 import math
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -24,6 +26,23 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--time_budget", type=float, default=math.inf,
                       help="seconds this stage may take; it times fewer repeats, or "
                            "extrapolates, rather than overrun")
+  parser.add_argument("--profile_dir", default=None,
+                      help="write a JAX profiler trace of one extra, untimed call here")
+
+
+def traced(fn: Callable[[], Any], profile_dir: Optional[str]) -> None:
+  """One untimed call of ``fn`` under the JAX profiler, written to ``profile_dir`` (if set):
+  where the time of a figure goes (kernels, loop, host syncs), for TensorBoard or Perfetto.
+  Called after the figures are printed; a profiler that cannot start is reported on stderr."""
+  if not profile_dir:
+    return
+  import jax
+
+  try:
+    with jax.profiler.trace(profile_dir):
+      jax.block_until_ready(fn())
+  except Exception as error:  # pylint: disable=broad-except  A diagnostic, after the figures.
+    print(f"no profiler trace: {error!r}", file=sys.stderr)
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[Any], Any], repeats: int

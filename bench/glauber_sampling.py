@@ -11,13 +11,15 @@ One JSON line per figure (``bench_common.emit``); compilation is excluded from e
 (ahead-of-time ``lower().compile()``) and every timed call is synchronised.
 
 - ``infill_forward``: one MASK-INFILL forward (``[NLU] x_{-k} [EOS]``, ``L + 2`` encoder and 2
-  decoder tokens): seconds, model TFLOP/s and MFU, and XLA's own cost analysis of the program.
+  decoder tokens): seconds, model TFLOP/s and MFU, and XLA's own cost analysis of the program
+  (and, with ``--profile_dir``, a profiler trace of one more forward).
 - ``causal_gen``: the CAUSAL-GEN draft of ``L`` tokens with the KV cache (``num_rounds = 0``).
 - ``sampling``: for each ``--num_rounds`` (default: the config's ``N``), the whole sampler
   (CAUSAL-GEN, then ``N * L`` MASK-INFILL steps). ``--infill_steps`` compiled steps of the
   reverse sweep are timed first; when the end-to-end run would not fit ``--time_budget`` (or
   ``N`` exceeds ``--max_end_to_end_rounds``), the line gives ``causal_gen_seconds + N L x
-  seconds_per_infill_step`` instead, with ``"extrapolated": true`` and the number of steps timed.
+  seconds_per_infill_step`` instead, with ``"extrapolated": true`` and the number of steps timed
+  (``--profile_dir``: a profiler trace of one more run of those steps).
   Every line also gives that estimate (``extrapolated_seconds_per_batch``, to check it against
   the end-to-end figure), and ``seconds_per_infill_step`` always comes from the timed steps.
 
@@ -90,6 +92,7 @@ def infill_forward(model: models.DiffusionModel, params: Any, args: argparse.Nam
       **bench_common.utilisation(flops / seconds, args.measured_peak_flops,
                                  throughput.peak_flops_per_device()),
       **xla_cost(compiled), peak_memory_bytes=bench_common.jax_peak_memory_bytes())
+  bench_common.traced(lambda: compiled(params, tokens, sites, times), args.profile_dir)
 
 
 def draft_seconds(model: models.DiffusionModel, params: Any, args: argparse.Namespace
@@ -125,7 +128,8 @@ def sampling(model: models.DiffusionModel, params: Any, args: argparse.Namespace
     return glauber.reverse_sweep(
         rng, tokens, sites, functools.partial(process.infill_log_probs, model.denoiser, params))
 
-  _, sweep_compile, sweep_seconds = compiled_seconds(sweep, params, draft, jax.random.PRNGKey(4))
+  rng = jax.random.PRNGKey(4)
+  compiled_sweep, sweep_compile, sweep_seconds = compiled_seconds(sweep, params, draft, rng)
   step_seconds = sweep_seconds / infill_steps
   if args.causal_gen_seconds is None:
     causal_compile, causal_seconds = draft_seconds(model, params, args)
@@ -155,6 +159,7 @@ def sampling(model: models.DiffusionModel, params: Any, args: argparse.Namespace
                   extrapolated_seconds_per_batch=round(estimate, 4))
     bench_common.emit("glauber_sampling", **common, **fields,
                       peak_memory_bytes=bench_common.jax_peak_memory_bytes())
+  bench_common.traced(lambda: compiled_sweep(params, draft, rng), args.profile_dir)
 
 
 def main(argv: list[str]) -> None:

@@ -7,7 +7,9 @@ Runs the stages of ``STAGES`` in order, each in a process of its own (so that ea
 figure is its own and a failure stops nothing else), and appends their JSON lines, tagged with
 the stage, to ``OUT/gpu_all.jsonl`` (stderr to ``OUT/logs/``). The chip's measured bf16 matmul
 peak (first stage) is every later stage's MFU denominator, and the CAUSAL-GEN figure is reused
-by the sampling stage. A last ``summary`` line holds the ratios against the peer and the goals.
+by the sampling stage. The stages of ``PROFILED`` also write a JAX profiler trace of one more,
+untimed call to ``OUT/profile/STAGE`` (where the time goes). A last ``summary`` line holds the
+ratios against the peer and the goals.
 
 Time budget: the run ends within ``--total_seconds`` (default 450, under the issue's 8 minutes).
 Each stage gets ``min(its cap, the time left)``; it times fewer repeats, or extrapolates the
@@ -89,13 +91,17 @@ STAGES = (
           optional=True),
 )
 
+#: Stages that also write a profiler trace (``OUT/profile/``): where the time of the figures
+#: with goals goes (the MASK-INFILL forward, the compiled infill steps of the sampler).
+PROFILED = ("infill_forward/ours", "glauber_sampling/ours")
+
 #: The goals of docs/benchmarks.md that the summary line checks.
 GOALS = {"train_mfu": 0.45, "infill_speedup_vs_peer_eager": 8.0,
          "infill_speedup_vs_peer_compiled": 3.0, "n3_seconds_per_batch": 240.0}
 
 
 def stage_command(stage: Stage, tiny: bool, results: list[dict[str, Any]],
-                  time_budget: float) -> list[str]:
+                  time_budget: float, out_dir: str) -> list[str]:
   """The stage's command line, with the measured peak and the CAUSAL-GEN time once known."""
   command = [sys.executable, os.path.join(ROOT, "bench", stage.script), *stage.args,
              *SHAPES["tiny" if tiny else "full"][stage.shapes]]
@@ -104,6 +110,9 @@ def stage_command(stage: Stage, tiny: bool, results: list[dict[str, Any]],
     causal = find(results, "causal_gen", "ours")
     if causal is not None:
       command.append(f"--causal_gen_seconds={causal['seconds']}")
+  if stage.name in PROFILED:
+    command.append("--profile_dir=" + os.path.join(out_dir, "profile",
+                                                  stage.name.replace("/", "_")))
   peak = find(results, "matmul_peak", "ours")
   if peak is not None:
     command.append(f"--measured_peak_flops={peak['measured_peak_flops']}")
@@ -188,6 +197,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--skip_optional", action="store_true",
                       help="leave out the optional stages (torch.compile: minutes on a CPU)")
   args = parser.parse_args(argv)
+  args.out = os.path.abspath(args.out)
   os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
   deadline = time.monotonic() + args.total_seconds
   os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -206,7 +216,8 @@ def main(argv: list[str]) -> None:
         lines = [{"benchmark": benchmark, "system": system or "ours",
                   "skipped": "time budget"}]
       else:
-        command = stage_command(stage, args.tiny, results, max(timeout - 15, timeout / 2))
+        command = stage_command(stage, args.tiny, results, max(timeout - 15, timeout / 2),
+                                args.out)
         lines = run_stage(stage, command, timeout, args.out)
       for line in lines:
         line.update(stage=stage.name, stage_wall_seconds=round(time.monotonic() - start, 1))

@@ -64,9 +64,17 @@ def _run(tmp_path: pathlib.Path, *flags: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-  return _run(tmp_path_factory.mktemp("bench_gpu"), "--tiny", "--skip_optional",
-              "--total_seconds=1200", "--min_stage_seconds=0")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+  """The directory of one ``--tiny`` run (its output under ``out/``)."""
+  path = tmp_path_factory.mktemp("bench_gpu")
+  _run(path, "--tiny", "--skip_optional", "--total_seconds=1200", "--min_stage_seconds=0")
+  return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dir: pathlib.Path) -> list[dict[str, Any]]:
+  text = (tiny_dir / "out" / "gpu_all.jsonl").read_text(encoding="utf-8")
+  return [json.loads(line) for line in text.splitlines()]
 
 
 def _positive(value: Any) -> bool:
@@ -127,6 +135,12 @@ def test_summary_ratios(tiny_run: list[dict[str, Any]]) -> None:
   assert summary["infill_speedup_vs_peer_eager"] == pytest.approx(
       by_stage["infill_forward/peer"]["seconds"] / by_stage["infill_forward/ours"]["seconds"],
       rel=0.01)
+
+
+def test_profiled_stages_write_traces(tiny_dir: pathlib.Path) -> None:
+  for stage in ("infill_forward_ours", "glauber_sampling_ours"):
+    traces = list((tiny_dir / "out" / "profile" / stage).rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0, stage
 
 
 def test_time_budget_skips_rather_than_overruns(tmp_path: pathlib.Path) -> None:
