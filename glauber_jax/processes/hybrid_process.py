@@ -52,7 +52,7 @@ class HybridSamplerOptions(sampling.SamplerOptions):
     eta: ACS's correction rate (epsilon-hybrid; 0: the original sampler).
     exact_stagger: exact staggered scores (True) or the reference's approximation (gamma).
     attention: epsilon-hybrid: ``"full"`` (bidirectional; idle positions hold MASK),
-      ``"schedule"`` (the hyperschedule's block-causal mask) or ``"cached"`` (the same logits
+      ``"schedule"`` (the hyperschedule's mask, block-causal context; causal for slide) or ``"cached"`` (the same logits
       with the settled blocks' keys and values cached; block schedules).
   """
 
@@ -247,7 +247,8 @@ class EpsilonHybridProcess(_HybridProcess):
           rng, lambda cache, block: denoiser.block_logits(params, cache, block), initial,
           frozen, schedule, *draws)
     elif options.attention == "schedule":
-      masks = np.stack([schedule.attention_mask(c, "block_causal")
+      context = "causal" if schedule.kind == "slide" else "block_causal"
+      masks = np.stack([schedule.attention_mask(c, context)
                         for c in range(1, schedule.num_calls + 1)])
       final, _ = hybrid.epsilon_sample(
           rng, lambda noisy, times, mask: denoiser.masked_logits(params, noisy, mask), initial,
