@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import denoiser_networks, network
-from glauber_jax.processes import hybrid, hyperschedules
+from glauber_jax import denoiser_networks, models, network
+from glauber_jax.processes import hybrid, hybrid_process, hyperschedules
 from test_glauber_end_to_end import VOCAB
 
 SEQ_LEN, WIDTH, LEVELS = 12, 4, 3
@@ -73,3 +73,16 @@ def test_cached_generation_draws_the_same_samples() -> None:
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(fast))
     np.testing.assert_array_equal(np.asarray(plain_corrections), np.asarray(fast_corrections))
     assert (np.asarray(fast) != MASK).all() and (np.asarray(fast)[:, :2] == [5, 7]).all()
+
+
+def test_the_process_samples_identically_with_the_cache() -> None:
+  denoiser, params = denoiser_and_params()
+  model = models.DiffusionModel(denoiser, hybrid_process.EpsilonHybridProcess(SEQ_LEN))
+  prefix = jnp.array([[5, 7], [6, 6]], jnp.int32)
+
+  def sample(attention: str) -> np.ndarray:
+    return np.asarray(model.sample(params, jax.random.PRNGKey(4), 2, prefix, schedule="block",
+                                   width=WIDTH, num_levels=LEVELS, eta=0.1,
+                                   attention=attention).final)
+
+  np.testing.assert_array_equal(sample("schedule"), sample("cached"))

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from glauber_jax import sampling
 from glauber_jax.processes import absorbing, base, hybrid, hyperschedules
@@ -36,6 +37,8 @@ from glauber_jax.processes import absorbing, base, hybrid, hyperschedules
 Array = jax.Array
 Params = Any
 Batch = Mapping[str, Array]
+#: The epsilon-hybrid sampler's attention settings.
+ATTENTIONS = ("full", "schedule", "cached")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,9 @@ class HybridSamplerOptions(sampling.SamplerOptions):
     num_levels: noise levels per position (flat: the number of model calls).
     eta: ACS's correction rate (epsilon-hybrid; 0: the original sampler).
     exact_stagger: exact staggered scores (True) or the reference's approximation (gamma).
+    attention: epsilon-hybrid: ``"full"`` (bidirectional; idle positions hold MASK),
+      ``"schedule"`` (the hyperschedule's mask, block-causal context; causal for slide) or ``"cached"`` (the same logits
+      with the settled blocks' keys and values cached; block schedules).
   """
 
   schedule: Optional[str] = None
@@ -55,6 +61,7 @@ class HybridSamplerOptions(sampling.SamplerOptions):
   num_levels: Optional[int] = None
   eta: Optional[float] = None
   exact_stagger: Optional[bool] = None
+  attention: Optional[str] = None
 
 
 class _HybridProcess(base.Process):
@@ -212,10 +219,14 @@ class EpsilonHybridProcess(_HybridProcess):
   def sampler_options(self, options: sampling.SamplerOptions) -> HybridSamplerOptions:
     options = super().sampler_options(options)
     eta = self.eta if options.eta is None else options.eta
+    attention = options.attention or "full"
     if eta < 0 or options.exact_stagger is not None:
       raise ValueError(f"the epsilon-hybrid sampler takes eta >= 0 (got {eta}) and no "
                        "exact_stagger.")
-    return dataclasses.replace(options, eta=eta)
+    if attention not in ATTENTIONS or (attention == "cached" and options.schedule == "slide"):
+      raise ValueError(f"attention must be one of {ATTENTIONS} ('cached': block schedules), "
+                       f"got {attention!r} with a {options.schedule!r} schedule.")
+    return dataclasses.replace(options, eta=eta, attention=attention)
 
   def sample(self, denoiser: Any, params: Params, rng: Array, batch_size: int,
              prefix: Optional[Array], options: sampling.SamplerOptions,
@@ -228,10 +239,23 @@ class EpsilonHybridProcess(_HybridProcess):
     initial = jnp.pad(prefix, ((0, 0), (0, self.seq_len - prefix.shape[1])),
                       constant_values=mask_id)
     frozen = jnp.broadcast_to(jnp.arange(self.seq_len) < prefix.shape[1], initial.shape)
-    final, _ = hybrid.epsilon_sample(
-        rng, self.logits_fn(denoiser, params), initial, frozen,
-        self.hyperschedule(options).tables(), mask_id, jnp.asarray(denoiser.allowed_tokens),
-        options.eta, options.temperature, options.top_k, options.top_p)
+    schedule = self.hyperschedule(options)
+    draws = (mask_id, jnp.asarray(denoiser.allowed_tokens), options.eta, options.temperature,
+             options.top_k, options.top_p)
+    if options.attention == "cached":
+      final, _ = hybrid.epsilon_sample_cached(
+          rng, lambda cache, block: denoiser.block_logits(params, cache, block), initial,
+          frozen, schedule, *draws)
+    elif options.attention == "schedule":
+      context = "causal" if schedule.kind == "slide" else "block_causal"
+      masks = np.stack([schedule.attention_mask(c, context)
+                        for c in range(1, schedule.num_calls + 1)])
+      final, _ = hybrid.epsilon_sample(
+          rng, lambda noisy, times, mask: denoiser.masked_logits(params, noisy, mask), initial,
+          frozen, schedule.tables(), *draws, attention_masks=masks)
+    else:
+      final, _ = hybrid.epsilon_sample(rng, self.logits_fn(denoiser, params), initial, frozen,
+                                       schedule.tables(), *draws)
     return sampling.Samples(None, final)
 
   def metadata(self) -> dict[str, Any]:
