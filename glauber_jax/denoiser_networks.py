@@ -214,5 +214,6 @@ class SingleStackDenoiser:
     and the cache with the block appended (keep it to commit the block, drop it to evaluate
     the block again). ``cache`` None: an empty one."""
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-    logits, mutated = self.module.apply(variables, block, None, decode=True, mutable=["cache"])
+    logits, mutated = self.module.apply(variables, block, None, decode=True, block_decode=True,
+                                        mutable=["cache"])
     return logits.astype(jnp.float32), mutated["cache"]

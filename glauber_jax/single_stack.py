@@ -41,10 +41,10 @@ class SingleStack(nn.Module):
   ``time`` is a ``[B]`` (or scalar) array of diffusion times when ``config.time_conditioning``
   is set, and must be None otherwise. ``decode=True`` (the ``cache`` collection mutable) appends
   ``tokens`` at the cache position: the first such call creates the cache, and may feed several
-  tokens at once (a prefix). A causal stack attends causally; a bidirectional one decodes blocks:
-  the new tokens attend to everything cached and to each other (block-causal KV caching of the
-  hybrid processes' block hyperschedules; calling it without keeping the mutated cache evaluates
-  a block without committing it). ``attention_mask`` (bidirectional, not decoding): bool
+  tokens at once (a prefix). A causal stack attends causally; a bidirectional one (only with
+  ``block_decode=True``) decodes blocks: the new tokens attend to everything cached and to each
+  other (block-causal KV caching of the hybrid processes' block hyperschedules; calling it
+  without keeping the mutated cache evaluates a block without committing it). ``attention_mask`` (bidirectional, not decoding): bool
   ``[L, L]`` or ``[B, L, L]``, True where a query may attend to a key (a hyperschedule's mask).
   """
 
@@ -59,7 +59,8 @@ class SingleStack(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, time: Optional[Array] = None, enable_dropout: bool = False,
-               decode: bool = False, attention_mask: Optional[Array] = None) -> Array:
+               decode: bool = False, attention_mask: Optional[Array] = None,
+               block_decode: bool = False) -> Array:
     cfg = self.config
     max_length = cfg.max_encoder_length
     batch, length = tokens.shape
@@ -68,6 +69,9 @@ class SingleStack(nn.Module):
       raise errors.ConfigError(f"tokens have length {length}, longer than the model's maximum "
                        f"{max_length} (NetworkConfig.max_encoder_length).")
     if decode:
+      if not self.causal and not block_decode:
+        raise ValueError("decode=True needs a causal single stack (SingleStack.causal), or "
+                         "block_decode=True for a bidirectional one.")
       index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
       start = index.value
       index.value = start + length
