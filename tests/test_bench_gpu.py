@@ -49,7 +49,7 @@ def _environment(tmp_path: pathlib.Path) -> dict[str, str]:
   blocker.mkdir(exist_ok=True)
   (blocker / "sitecustomize.py").write_text(BLOCKER, encoding="utf-8")
   return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)]),
-          "OUT": str(tmp_path / "out")}
+          "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
 
 
 def _run(tmp_path: pathlib.Path, *flags: str) -> list[dict[str, Any]]:
