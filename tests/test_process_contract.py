@@ -167,18 +167,30 @@ def glauber_toy() -> Toy:
              bound_is_exact_per_path=True)
 
 
+def law_tables() -> tuple[dict[str, Array], dict[str, Array], np.ndarray]:
+  """The exact law's tables, another law's tables and that other law (the perturbed model)."""
+  exact = {"log_p": jnp.log(jnp.asarray(P_DATA, jnp.float32))}
+  other = np.random.default_rng(1).dirichlet(np.ones(len(STATES)))
+  return exact, {"log_p": jnp.log(jnp.asarray(other, jnp.float32))}, other
+
+
+def check_masked_at_levels(batch: dict[str, Array]) -> np.ndarray:
+  """Checks that each position is masked at its level's rate (4 standard errors); returns the
+  batch's mask indicator."""
+  masked, levels = np.asarray(batch["masked"], np.float64), np.asarray(batch["levels"])
+  se = np.sqrt(np.mean(levels * (1 - levels)) / masked.shape[0])
+  np.testing.assert_array_less(np.abs((masked - levels).mean(axis=0)), 4 * se)
+  return masked
+
+
 def absorbing_toy() -> Toy:
   # 128 steps: two tokens are revealed in one step (drawn independently) in about 2% of the
   # sequences, a bias well below the sampling noise of the 4,000 samples.
   process = absorbing_process.AbsorbingProcess(L, num_steps=128, time_epsilon=0.0)
-  exact = {"log_p": jnp.log(jnp.asarray(P_DATA, jnp.float32))}
-  other = np.random.default_rng(1).dirichlet(np.ones(len(STATES)))
-  perturbed = {"log_p": jnp.log(jnp.asarray(other, jnp.float32))}
+  exact, perturbed, other = law_tables()
 
   def forward_check(batch: dict[str, Array]) -> None:
-    masked, levels = np.asarray(batch["masked"], np.float64), np.asarray(batch["levels"])
-    se = np.sqrt(np.mean(levels * (1 - levels)) / masked.shape[0])
-    np.testing.assert_array_less(np.abs((masked - levels).mean(axis=0)), 4 * se)
+    masked = check_masked_at_levels(batch)
     mask_id = VOCAB.sentinel_id(0)
     noisy, targets = np.asarray(batch["noisy"]), np.asarray(batch["targets"])
     np.testing.assert_array_equal(noisy, np.where(masked > 0, mask_id, targets))
@@ -194,14 +206,10 @@ def epsilon_hybrid_toy() -> Toy:
   epsilon = 0.2
   process = hybrid_process.EpsilonHybridProcess(L, epsilon=epsilon, time_epsilon=0.0,
                                                 num_levels=128)
-  exact = {"log_p": jnp.log(jnp.asarray(P_DATA, jnp.float32))}
-  other = np.random.default_rng(1).dirichlet(np.ones(len(STATES)))
-  perturbed = {"log_p": jnp.log(jnp.asarray(other, jnp.float32))}
+  exact, perturbed, other = law_tables()
 
   def forward_check(batch: dict[str, Array]) -> None:
-    masked, levels = np.asarray(batch["masked"], np.float64), np.asarray(batch["levels"])
-    se = np.sqrt(np.mean(levels * (1 - levels)) / masked.shape[0])
-    np.testing.assert_array_less(np.abs((masked - levels).mean(axis=0)), 4 * se)
+    masked = check_masked_at_levels(batch)
     shuffled = np.asarray(batch["shuffled"])
     noisy, targets = np.asarray(batch["noisy"]), np.asarray(batch["targets"])
     np.testing.assert_array_equal(noisy[masked > 0], VOCAB.sentinel_id(0))
