@@ -121,10 +121,11 @@ def test_rows_are_well_formed():
   assert smoke_losses == all_losses
 
 
-#: Every row kind, every loss, trained and untrained rounds, N = 1 and N = 3 (the other rows
-#: differ from these only in their bindings; the suite's time limit leaves no room for all).
+#: Every row kind, every loss, trained and untrained rounds, the trained and the frozen prior,
+#: N = 1 and N = 3 (the other rows differ from these only in their bindings; the suite's time
+#: limit leaves no room for all).
 SMOKE_ROWS = ("causal_lm", "mdlm", "prior", "teacher_gibbs_n3", "glauber_ce_n3",
-              "glauber_ce_all_sites_n1", "glauber_se_n1", "oracle_n3", "perturbed_prior",
+              "glauber_ce_all_sites_frozen_n1", "glauber_se_n1", "oracle_n3", "perturbed_prior",
               "perturbed_oracle_n1", "perturbed_oracle_n3")
 
 
