@@ -241,8 +241,8 @@ class MultiHeadAttention(nn.Module):
   In ``decode`` mode a self-attention layer appends the new keys and values at the cache index
   of a cache of ``cache_length`` positions (its stack's maximum length) and attends causally to
   everything written so far (a ``mask`` over the cache positions, if given, replaces the causal
-  one: the block decoding of ``single_stack``); a cross-attention layer projects the encoder output once (``prefill``) and
-  reads the projected keys and values from the cache afterwards.
+  one: the block decoding of ``single_stack``); a cross-attention layer projects the encoder
+  output once (``prefill``) and reads the projected keys and values from the cache afterwards.
   """
 
   config: NetworkConfig

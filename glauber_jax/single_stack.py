@@ -44,8 +44,9 @@ class SingleStack(nn.Module):
   tokens at once (a prefix). A causal stack attends causally; a bidirectional one (only with
   ``block_decode=True``) decodes blocks: the new tokens attend to everything cached and to each
   other (block-causal KV caching of the hybrid processes' block hyperschedules; calling it
-  without keeping the mutated cache evaluates a block without committing it). ``attention_mask`` (bidirectional, not decoding): bool
-  ``[L, L]`` or ``[B, L, L]``, True where a query may attend to a key (a hyperschedule's mask).
+  without keeping the mutated cache evaluates a block without committing it).
+  ``attention_mask`` (bidirectional, not decoding): bool ``[L, L]`` or ``[B, L, L]``, True where
+  a query may attend to a key (a hyperschedule's mask).
   """
 
   config: network.NetworkConfig

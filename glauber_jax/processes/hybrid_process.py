@@ -52,8 +52,9 @@ class HybridSamplerOptions(sampling.SamplerOptions):
     eta: ACS's correction rate (epsilon-hybrid; 0: the original sampler).
     exact_stagger: exact staggered scores (True) or the reference's approximation (gamma).
     attention: epsilon-hybrid: ``"full"`` (bidirectional; idle positions hold MASK),
-      ``"schedule"`` (the hyperschedule's mask, block-causal context; causal for slide) or ``"cached"`` (the same logits
-      with the settled blocks' keys and values cached; block schedules).
+      ``"schedule"`` (the hyperschedule's mask, block-causal context; causal for slide) or
+      ``"cached"`` (the same logits with the settled blocks' keys and values cached; block
+      schedules).
   """
 
   schedule: Optional[str] = None
