@@ -5,7 +5,7 @@ seqio blocked in every process, as on the GPU image that has neither, and checks
 line: the fields each benchmark promises, finite positive figures, the peer's shapes equal to
 ours, both sampler paths (end to end and extrapolated), and the summary's ratios. The time
 guard is checked by a run with no time at all. Smoke only: CPU figures say nothing of a GPU.
-The tiny run takes about 90 s of 2 CPUs, so it runs with ``GLAUBER_SLOW_TESTS=1`` only.
+The tiny run takes about a minute of 2 CPUs, so it runs with ``GLAUBER_SLOW_TESTS=1`` only.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _run(tmp_path: pathlib.Path, *flags: str) -> list[dict[str, Any]]:
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
   """The directory of one ``--tiny`` run (its output under ``out/``)."""
   if os.environ.get("GLAUBER_SLOW_TESTS") != "1":
-    pytest.skip("eight benchmark processes (about 90 s on 2 CPUs): set GLAUBER_SLOW_TESTS=1")
+    pytest.skip("eight benchmark processes (about a minute on 2 CPUs): set GLAUBER_SLOW_TESTS=1")
   path = tmp_path_factory.mktemp("bench_gpu")
   _run(path, "--tiny", "--skip_optional", "--total_seconds=1200", "--min_stage_seconds=0")
   return path
