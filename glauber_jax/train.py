@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from glauber_jax import (checkpoints, data, errors, gin_utils, lease, models, partitioning,
@@ -64,38 +65,37 @@ def _check_batch(batch: Mapping[str, np.ndarray], feature_names: Sequence[str],
 
 
 class NonFiniteCounter:
-  """Counts the steps the trainer skipped (``skipped_step`` metric) and stops the run after
-  ``limit`` in a row. Flags are read one step late, so counting does not stall the device."""
+  """Counts the steps the trainer skipped (``skipped_step`` metric) on the device, so no step
+  waits for the host; ``check`` (at log and save steps) reads the counts and stops the run once
+  ``limit`` steps in a row were skipped. A skipped step leaves the state as it was, so stopping
+  at the next check rather than at once costs only compute."""
 
   def __init__(self, limit: int) -> None:
-    self.limit, self.total, self.consecutive = limit, 0, 0
-    self._pending: Optional[tuple[int, Any]] = None
+    self.limit = limit
+    self.total = self.consecutive = self.longest = jnp.zeros((), jnp.int32)
 
-  def add(self, step: int, skipped_flag: Any) -> None:
-    """Queues this step's flag and counts the previous one."""
-    self.flush()
-    self._pending = (step, skipped_flag)
+  def add(self, skipped_flag: Any) -> None:
+    """Counts one step's flag (device arithmetic only)."""
+    skipped = jnp.asarray(skipped_flag > 0, jnp.int32)
+    self.total = self.total + skipped
+    self.consecutive = (self.consecutive + 1) * skipped
+    self.longest = jnp.maximum(self.longest, self.consecutive)
 
-  def flush(self) -> bool:
-    """Counts the queued flag now; returns whether that step was skipped."""
-    if self._pending is None:
-      return False
-    step, flag = self._pending
-    self._pending = None
-    if not float(flag):
-      self.consecutive = 0
-      return False
-    self.total += 1
-    self.consecutive += 1
-    logging.warning("Step %d: loss or gradient norm not finite; update skipped (%d in a row, "
-                    "%d in all).", step, self.consecutive, self.total)
-    if self.consecutive >= self.limit:
+  def check(self, step: int) -> bool:
+    """Reads the counts; raises ``TrainingStopped`` after ``limit`` consecutive skips, returns
+    whether the latest step was skipped."""
+    total, consecutive, longest = (int(x) for x in jax.device_get(
+        (self.total, self.consecutive, self.longest)))
+    if longest >= self.limit:
       raise errors.TrainingStopped(
-          f"stopped at step {step}: {self.consecutive} consecutive steps had a non-finite loss "
+          f"stopped at step {step}: {longest} consecutive steps had a non-finite loss "
           "or gradient norm (their updates were skipped and nothing non-finite was saved). "
           "Lower the learning rate or check the data, then rerun to resume from the last "
           "checkpoint (limit: Trainer.max_consecutive_nonfinite_steps).")
-    return True
+    if consecutive:
+      logging.warning("Step %d: loss or gradient norm not finite; update skipped (%d in a row, "
+                      "%d in all).", step, consecutive, total)
+    return consecutive > 0
 
 
 def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpointer,
@@ -154,16 +154,17 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
     _check_batch(batch, trainer.model.feature_names, host_shapes)
     state, metrics = trainer.train_step(state, trainer.partitioner.host_batch_to_global(batch))
     window_steps += 1
-    nonfinite.add(step, metrics["skipped_step"])
+    nonfinite.add(metrics["skipped_step"])
     if checkpointer.should_save(step) or step == train_steps:
       if model_dir_lease is not None:
         model_dir_lease.check()
-      if nonfinite.flush():  # The state may be the non-finite one it started from: not saved.
+      if nonfinite.check(step):  # The state may be the non-finite one it started from: not saved.
         logging.warning("Step %d not saved: its update was skipped.", step)
       else:
         checkpointer.save(step, state, iterator.get_state(), {**metadata, "step": step},
                           force=True)
     if step % log_every == 0 or step == train_steps:
+      nonfinite.check(step)
       last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       last_metrics["skipped_steps"] = float(nonfinite.total)
       elapsed = time.perf_counter() - window_start
@@ -183,7 +184,6 @@ def train_loop(trainer: trainer_lib.Trainer, checkpointer: checkpoints.Checkpoin
       window_start, window_steps = time.perf_counter(), 0
     progress.update(1)
   progress.close()
-  nonfinite.flush()
   checkpointer.wait()
   return LoopResult(state, restored_step, last_metrics)
 
