@@ -5,7 +5,7 @@ r"""Scores sample files written by ``glauber_jax.infer``: diversity, judge perpl
          --judge_checkpoint=runs/judge_tiny [--gin.NAME=VALUE ...]] \
         [--reference_file=held_out.txt] [--mauve_features=/models/gpt2-large] \
         [--puzzles=sudoku_validation.jsonl] [--synthetic=hmm|enum [--gin.NAME=VALUE ...]] \
-        [--batch_size=8] [--output=results.jsonl]
+        [--drafts=runs/x/infer_sample.jsonl ...] [--batch_size=8] [--output=results.jsonl]
 
 For each samples file (one row each): the token entropy and corpus entropy and distinct-1..4 of
 the samples' own token ids, the judge's generative perplexity of their texts (re-tokenised by
@@ -17,7 +17,9 @@ names the puzzle file (``python -m tasks.puzzles``) the samples were prompted wi
 names it (``hmm``: the language of ``synthetic_lm``; ``enum``: of ``synthetic_enum_lm``; both
 as the gin bindings configure them, ``synthetic_judge.exact_judge_row``): the samples' exact NLL
 against data's, and for ``enum`` the total variation to the exact distribution with its noise
-floor. Prints a table and appends one JSON line per file to ``--output``
+floor. ``--drafts`` adds a row for a Glauber samples file's CAUSAL-GEN drafts, the same
+samples before their rounds, under the same judges. Prints a table and appends one JSON line
+per row to ``--output``
 (default ``eval.jsonl`` beside the first samples file). Definitions: ``glauber_jax.metrics``
 and ``docs/evaluation.md``.
 
@@ -151,17 +153,31 @@ def evaluate_file(path: str, judge: Optional[metrics.Judge] = None, batch_size: 
                   reference_features: Optional[np.ndarray] = None,
                   device: str = "cpu",
                   puzzles: Optional[PuzzleScorer] = None,
-                  exact_judge: Optional[ExactJudge] = None) -> dict[str, Any]:
+                  exact_judge: Optional[ExactJudge] = None,
+                  drafts: bool = False) -> dict[str, Any]:
   """One result row (JSON-ready) for the samples file at ``path``; MAUVE when ``references``
   are given (``reference_features``: their precomputed ``metrics.featurize`` features);
   puzzle scores when ``puzzles`` is (``PuzzleScorer.row``); the exact judge's columns
-  when ``exact_judge`` is (``synthetic_exact_judge``)."""
+  when ``exact_judge`` is (``synthetic_exact_judge``).
+
+  ``drafts`` scores the records' CAUSAL-GEN drafts (``causal_draft``, ``causal_draft_ids``:
+  what a Glauber sample was before its rounds) in place of their final texts; the row's
+  ``file`` is ``path`` with `` (drafts)`` appended and its ``mode`` is ``draft``."""
   records = read_samples(path)
   settings = records[0].get("settings", {})
+  mode = settings.get("mode")
+  if drafts:
+    if any("causal_draft_ids" not in record for record in records):
+      raise ValueError(f"{path}: --drafts needs the causal_draft fields that `infer "
+                       "--mode=sample` writes for Glauber samples.")
+    records = [{**record, "text": record["causal_draft"],
+                "token_ids": record["causal_draft_ids"]} for record in records]
+    mode = "draft"
   token_lists = [record["token_ids"] for record in records]
   texts = [record["text"] for record in records]
   row: dict[str, Any] = {
-      "file": path, "model": settings.get("model"), "mode": settings.get("mode"),
+      "file": f"{path} (drafts)" if drafts else path, "model": settings.get("model"),
+      "mode": mode,
       "num_rounds": settings.get("num_rounds"), "settings": settings,
       "num_samples": len(records),
       "token_entropy": metrics.token_entropy(token_lists),
@@ -284,21 +300,22 @@ def evaluate(samples: Sequence[str], output: str, judge: Optional[metrics.Judge]
              batch_size: int = 8, reference_file: Optional[str] = None,
              mauve_features: Optional[str] = None, device: str = "cpu",
              puzzles: Optional[PuzzleScorer] = None,
-             synthetic_judge: Optional[tuple[ExactJudge, dict[str, Any]]] = None
-             ) -> list[dict[str, Any]]:
+             synthetic_judge: Optional[tuple[ExactJudge, dict[str, Any]]] = None,
+             drafts: Sequence[str] = ()) -> list[dict[str, Any]]:
   """Evaluates every samples file, prints the table, appends the rows to ``output``.
 
   ``puzzles`` adds the scores of the samples prompted with its puzzles; ``synthetic_judge``
   (``synthetic_exact_judge``'s judge and row fields) the exact judge of a synthetic
-  language."""
+  language; ``drafts`` (Glauber samples files) a row each for their CAUSAL-GEN drafts."""
   references = read_references(reference_file) if reference_file else None
   exact_judge, synthetic_fields = synthetic_judge or (None, {})
   reference_features = None
   if references is not None and metrics.mauve_unavailable_reason(mauve_features) is None:
     reference_features = metrics.featurize(references, mauve_features, device=device)
   rows = [evaluate_file(path, judge, batch_size, references, mauve_features,
-                        reference_features, device, puzzles, exact_judge)
-          for path in samples]
+                        reference_features, device, puzzles, exact_judge, drafts=is_draft)
+          for path, is_draft in [*((path, False) for path in samples),
+                                 *((path, True) for path in drafts)]]
   for row in rows:
     row.update(synthetic_fields)
     if reference_file:
@@ -318,6 +335,9 @@ def main(argv: Sequence[str]) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--samples", action="append", required=True,
                       help="an infer samples JSONL file (repeatable)")
+  parser.add_argument("--drafts", action="append", default=[],
+                      help="a Glauber samples file whose CAUSAL-GEN drafts (before the rounds) "
+                      "get a row of their own (repeatable)")
   parser.add_argument("--judge_hf", help="a local Hugging Face causal LM directory")
   parser.add_argument("--judge_checkpoint", help="the --judge_gin model's run directory")
   parser.add_argument("--reference_file", help="human texts for MAUVE")
@@ -340,7 +360,7 @@ def main(argv: Sequence[str]) -> None:
   if bindings and not gin_files and not args.synthetic:
     parser.error("--gin.* bindings configure the --judge_gin model or the --synthetic "
                  "language; give --judge_gin or --synthetic.")
-  missing = [path for path in [*args.samples, args.puzzles or ""] if path and
+  missing = [path for path in [*args.samples, *args.drafts, args.puzzles or ""] if path and
              not os.path.isfile(path)]
   if missing:
     parser.error(f"no such file: {', '.join(missing)}.")
@@ -367,7 +387,8 @@ def main(argv: Sequence[str]) -> None:
                                              registry.synthetic_vocabulary(args.synthetic))
                        if args.synthetic else None)
     evaluate(args.samples, output, judge, args.batch_size, args.reference_file,
-             args.mauve_features or args.judge_hf, args.device, scorer, synthetic_judge)
+             args.mauve_features or args.judge_hf, args.device, scorer, synthetic_judge,
+             args.drafts)
   except ValueError as error:  # Bad samples or puzzle files: the message names the file.
     if errors.debug_enabled():
       raise

@@ -103,6 +103,29 @@ def exact_judge_row(token_ids: Sequence[Sequence[int]],
   return row
 
 
+def paired_nll_change(after: Sequence[Sequence[int]], before: Sequence[Sequence[int]],
+                      language: synthetic.HiddenMarkovLanguage,
+                      vocabulary: vocabularies.Vocabulary) -> dict[str, Any]:
+  """What a sampler's rounds did to its drafts, sample by sample: the mean of ``-log p(after_i)
+  / L + log p(before_i) / L`` over the pairs in which both are valid (``rounds_effect``,
+  negative when the rounds moved the samples closer to the data) and its paired standard error
+  (``rounds_effect_se``; the drafts' own spread cancels, so it is far smaller than the two
+  means' errors), with ``rounds_effect_pairs``, the number of pairs."""
+  if len(after) != len(before):
+    raise ValueError(f"{len(after)} samples against {len(before)} drafts.")
+  pairs = [(a, b) for a, b in zip(letters_of_tokens(after, vocabulary, language.num_letters),
+                                  letters_of_tokens(before, vocabulary, language.num_letters))
+           if a is not None and b is not None]
+  if not pairs:
+    return {"rounds_effect": None, "rounds_effect_se": None, "rounds_effect_pairs": 0}
+  final, draft = (np.stack(side) for side in zip(*pairs))
+  change = (language.log_prob(draft) - language.log_prob(final)) / final.shape[1]
+  return {"rounds_effect": float(change.mean()),
+          "rounds_effect_se": (float(change.std(ddof=1) / math.sqrt(len(change)))
+                               if len(change) > 1 else None),
+          "rounds_effect_pairs": len(change)}
+
+
 def _kl_to(counts: np.ndarray, log_p: np.ndarray) -> Optional[float]:
   """``KL(counts / sum || p)`` in nats, over the outcomes with a count."""
   total = counts.sum()

@@ -82,6 +82,31 @@ def test_cli_without_judge_prints_a_table_and_appends_rows(
   assert len(read_rows(output)) == 4  # Appended.
 
 
+def test_cli_scores_the_drafts_of_glauber_samples(tmp_path: pathlib.Path) -> None:
+  """``--drafts`` adds a row for the samples' CAUSAL-GEN drafts: their own token ids, not the
+  final texts'; a file without drafts is refused with its name."""
+  path = tmp_path / "glauber.jsonl"
+  drafts = ["the the the the the", "a a a b", "b b b b"]
+  settings = {"mode": "sample", "model": "DiffusionModel(glauber)", "num_rounds": 1}
+  with open(path, "w", encoding="utf-8") as f:
+    for text, draft in zip(CORPUS, drafts):
+      f.write(json.dumps({"text": text, "token_ids": VOCAB.encode(text).tolist(),
+                          "causal_draft": draft,
+                          "causal_draft_ids": VOCAB.encode(draft).tolist(),
+                          "settings": settings}) + "\n")
+  output = tmp_path / "results.jsonl"
+  eval_cli.main([f"--samples={path}", f"--drafts={path}", f"--output={output}"])
+  final, draft = read_rows(output)
+  assert (final["mode"], draft["mode"]) == ("sample", "draft")
+  assert draft["file"] == f"{path} (drafts)"
+  draft_ids = [VOCAB.encode(text).tolist() for text in drafts]
+  assert draft["token_entropy"] == pytest.approx(metrics.token_entropy(draft_ids))
+  assert draft["token_entropy"] < final["token_entropy"]
+  causal = write_samples(tmp_path / "causal.jsonl", ["a b"], "causal", 0)
+  with pytest.raises(SystemExit, match="causal.jsonl: --drafts needs the causal_draft"):
+    eval_cli.main([f"--samples={causal}", f"--drafts={causal}", f"--output={output}"])
+
+
 def test_cli_rejects_bad_input(tmp_path: pathlib.Path) -> None:
   bound = tmp_path / "bound.jsonl"
   bound.write_text(json.dumps({"mode": "bound", "perplexity_upper_bound": 3.0}) + "\n")

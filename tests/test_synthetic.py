@@ -422,6 +422,30 @@ def test_exact_judge_counts_non_letters_as_invalid() -> None:
     synthetic_judge.exact_judge_row([ids[0], ids[1][:5]], truth, vocab, enumerable=True)
 
 
+def test_paired_change_is_the_mean_per_sample_difference() -> None:
+  """The rounds' paired effect: the per-pair NLL differences by hand, pairs with an invalid
+  side left out, and a standard error below the unpaired one when drafts and finals share
+  most sites (their spreads cancel)."""
+  truth = HiddenMarkovLanguage.markov_chain(4, seed=0)
+  vocab = vocabularies.LetterVocabulary("abcd")
+  rng = np.random.default_rng(5)
+  drafts = truth.sample(rng, 200, 6)
+  finals = drafts.copy()
+  finals[:, 2] = rng.integers(0, 4, 200)  # The "rounds" redraw one site.
+  after, before = ids_of(finals, vocab), ids_of(drafts, vocab)
+  after[0] = after[0][:5] + [vocabularies.EOS_ID]  # An invalid final: its pair is left out.
+  row = synthetic_judge.paired_nll_change(after, before, truth, vocab)
+  by_hand = (truth.log_prob(drafts[1:]) - truth.log_prob(finals[1:])) / 6
+  assert row["rounds_effect_pairs"] == 199
+  assert row["rounds_effect"] == pytest.approx(by_hand.mean())
+  assert row["rounds_effect_se"] == pytest.approx(by_hand.std(ddof=1) / np.sqrt(199))
+  unpaired = np.hypot(*(np.std(-truth.log_prob(x[1:]) / 6, ddof=1) / np.sqrt(199)
+                        for x in (drafts, finals)))
+  assert row["rounds_effect_se"] < unpaired
+  with pytest.raises(ValueError, match="against"):
+    synthetic_judge.paired_nll_change(after[1:], before, truth, vocab)
+
+
 def write_samples(path: pathlib.Path, token_ids: list[list[int]]) -> str:
   with open(path, "w", encoding="utf-8") as f:
     for ids in token_ids:

@@ -152,6 +152,7 @@ def test_smoke_preset_end_to_end(tmp_path):
     # Rows that start from a draft are also judged on the draft (before their rounds).
     from_draft = row["kind"] in config.ROUNDS_KINDS
     assert (row.get("draft_true_nll") is not None) == from_draft, row["model"]
+    assert (row.get("rounds_effect_pairs", 0) > 0) == from_draft, row["model"]
   md = (out / "table.md").read_text()
   assert "python -m glauber_jax.testbed --preset=smoke" in md and "oracle_n3" in md
   perturbed = {r["model"]: r for r in rows if r["kind"] == "perturbed"}

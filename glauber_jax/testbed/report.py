@@ -27,7 +27,8 @@ def markdown_table(table: Sequence[dict[str, Any]], command: str, preset: str) -
            f"Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}", "",
            "`true_nll`: mean exact `-log p(x) / L` of the samples (nats/token; +- standard "
            "error), `draft_nll` the same for the row's own CAUSAL-GEN drafts before its rounds, "
-           "`data_nll` for data; `entropy`: token entropy of the samples "
+           "`effect` the rounds' mean change of each sample's NLL against its own draft (+- "
+           "paired standard error; negative: closer to the data), `data_nll` for data; `entropy`: token entropy of the samples "
            "(`data_entropy` of as many data sequences); `tv`: total variation to the exact law, "
            "with `tv_noise` the floor of a perfect sampler of as many samples; `invalid`: "
            "samples holding a non-letter; `changed`: mean sites the rounds changed; `calls`: "
@@ -39,7 +40,8 @@ def markdown_table(table: Sequence[dict[str, Any]], command: str, preset: str) -
     if not rows:
       continue
     enumerable = any("tv" in r for r in rows)
-    header = ["model", "true_nll", "draft_nll", "data_nll", "entropy", "data_entropy"]
+    header = ["model", "true_nll", "draft_nll", "effect", "data_nll", "entropy",
+              "data_entropy"]
     if enumerable:
       header += ["tv", "draft_tv", "tv_noise"]
     header += ["invalid", "changed", "calls", "samples", "train steps", "training",
@@ -50,7 +52,9 @@ def markdown_table(table: Sequence[dict[str, Any]], command: str, preset: str) -
     for r in rows:
       nll = fmt(r["true_nll"]) + (f" +- {r['true_nll_se']:.3f}" if r.get("true_nll_se")
                                    else "")
-      cells = [r["model"], nll, fmt(r.get("draft_true_nll")),
+      effect = fmt(r.get("rounds_effect")) + (f" +- {r['rounds_effect_se']:.3f}"
+                                              if r.get("rounds_effect_se") else "")
+      cells = [r["model"], nll, fmt(r.get("draft_true_nll")), effect,
                f"{fmt(r['data_nll'])} +- {fmt(r['data_nll_se'])}",
                fmt(r["entropy"]), fmt(r["data_entropy"])]
       if enumerable:

@@ -365,6 +365,8 @@ class Testbed:
         of_drafts = synthetic_judge.exact_judge_row(drafts, language, vocabulary, setup.enumerable)
         judged.update({f"draft_{key}": of_drafts[key] for key in
                        ("true_nll", "true_nll_se", "entropy", "tv") if key in of_drafts})
+        judged.update(synthetic_judge.paired_nll_change([r["token_ids"] for r in records],
+                                                        drafts, language, vocabulary))
       return judged
 
     gin.clear_config()
