@@ -265,8 +265,9 @@ class EpsilonHybridProcess(_HybridProcess):
       mask = hyperschedules.partition_attention_mask(batch["settled"], batch["active"], context,
                                                      schedule.width, xp=jnp)
       return denoiser.masked_logits(params, noisy, mask, dropout_rng=rng)
-    mask = hyperschedules.efficient_attention_mask(batch["chunk_start"], context, schedule.width,
-                                                   xp=jnp)
+    # Block chunks are the same in every row: one [2L, 2L] mask (slide: one per row).
+    chunk_start = batch["chunk_start"] if schedule.kind == "slide" else batch["chunk_start"][0]
+    mask = hyperschedules.efficient_attention_mask(chunk_start, context, schedule.width, xp=jnp)
     positions = jnp.tile(jnp.arange(self.seq_len), 2)
     logits = denoiser.masked_logits(params, jnp.concatenate([batch["targets"], noisy], axis=1),
                                     mask, positions, rng)
