@@ -1,19 +1,22 @@
-r"""Block-schedule sampling of the epsilon-hybrid with and without the KV cache.
+r"""Block- or slide-schedule sampling of the epsilon-hybrid with and without the KV cache.
 
-  python bench/hybrid_kv_cache.py [--seq_len=256 --width=64 --num_levels=8 --batch_size=8]
+  python bench/hybrid_kv_cache.py [--schedule=block --seq_len=256 --width=64 --num_levels=8
+      --batch_size=8]
 
 A bidirectional single stack with random weights (``--d_model``, ``--num_layers``; no time
-input) samples a whole block-hyperschedule generation twice: the uncached forward over all ``L``
-positions under the schedule's block-causal mask at every call, and the cached block decoding
-(``hybrid.epsilon_sample_cached``: the active block only, settled blocks' keys and values
-appended once). Prints one JSON line: seconds per batch of each (compilation excluded, the best
-of ``--repeats`` synchronised calls), their ratio, and whether the samples are identical.
+input) samples a whole hyperschedule generation twice, with the process's own samplers
+(``EpsilonHybridProcess.epsilon_sampler``): the uncached forward over all ``L`` positions under
+the schedule's mask at every call (``attention = "schedule"``), and the cached decoding
+(``"cached"``: the active block or window only, settled positions' keys and values appended
+once; ``--schedule=slide`` needs ``--num_levels >= --width``). Prints one JSON line: seconds per
+batch of each (compilation excluded, the best of ``--repeats`` synchronised calls), their ratio,
+and whether the samples are identical.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import json
 import sys
 import time
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glauber_jax import denoiser_networks, network, synthetic, vocabularies
-from glauber_jax.processes import hybrid, hyperschedules
+from glauber_jax.processes import hybrid_process
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -40,6 +43,7 @@ def best_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--schedule", choices=("block", "slide"), default="block")
   for name, default in (("seq_len", 256), ("width", 64), ("num_levels", 8), ("batch_size", 8),
                         ("d_model", 128), ("num_layers", 4), ("repeats", 3)):
     parser.add_argument(f"--{name}", type=int, default=default)
@@ -52,28 +56,21 @@ def main(argv: list[str]) -> int:
       time_conditioning=False)
   denoiser = denoiser_networks.SingleStackDenoiser(config, vocabulary)
   params = denoiser.init_variables(jax.random.PRNGKey(0), 1, args.seq_len)["params"]
-  schedule = hyperschedules.make("block", args.seq_len, args.num_levels, width=args.width)
-  mask_id = denoiser.special_ids.mask
-  initial = jnp.full((args.batch_size, args.seq_len), mask_id, jnp.int32)
+  process = hybrid_process.EpsilonHybridProcess(args.seq_len)
+  options = process.sampler_options(hybrid_process.HybridSamplerOptions(
+      schedule=args.schedule, width=args.width, num_levels=args.num_levels))
+  uncached, cached = (jax.jit(process.epsilon_sampler(
+      denoiser, params, dataclasses.replace(options, attention=attention)))
+                      for attention in ("schedule", "cached"))
+  initial = jnp.full((args.batch_size, args.seq_len), denoiser.special_ids.mask, jnp.int32)
   frozen = jnp.zeros(initial.shape, bool)
-  allowed = jnp.asarray(denoiser.allowed_tokens)
-  masks = np.stack([schedule.attention_mask(c, "block_causal")
-                    for c in range(1, schedule.num_calls + 1)])
-  uncached = jax.jit(functools.partial(
-      hybrid.epsilon_sample,
-      logits_fn=lambda noisy, times, mask: denoiser.masked_logits(params, noisy, mask),
-      tables=schedule.tables(), mask_id=mask_id, allowed=allowed, attention_masks=masks))
-  cached = jax.jit(functools.partial(
-      hybrid.epsilon_sample_cached,
-      block_logits_fn=functools.partial(denoiser.block_logits, params), schedule=schedule,
-      mask_id=mask_id, allowed=allowed))
   key = jax.random.PRNGKey(1)
-  uncached_s, plain = best_seconds(lambda: uncached(key, initial=initial, frozen=frozen),
-                                   args.repeats)
-  cached_s, fast = best_seconds(lambda: cached(key, initial=initial, frozen=frozen),
-                                args.repeats)
+  uncached_s, plain = best_seconds(lambda: uncached(key, initial, frozen), args.repeats)
+  cached_s, fast = best_seconds(lambda: cached(key, initial, frozen), args.repeats)
+  schedule = process.hyperschedule(options)
   print(json.dumps({
-      "device": jax.devices()[0].device_kind, "seq_len": args.seq_len, "width": args.width,
+      "device": jax.devices()[0].device_kind, "schedule": args.schedule,
+      "seq_len": args.seq_len, "width": args.width,
       "num_levels": args.num_levels, "num_calls": schedule.num_calls,
       "batch_size": args.batch_size, "d_model": args.d_model, "num_layers": args.num_layers,
       "uncached_seconds": round(uncached_s, 3), "cached_seconds": round(cached_s, 3),

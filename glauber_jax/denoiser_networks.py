@@ -201,19 +201,24 @@ class SingleStackDenoiser:
                                **_dropout(dropout_rng))
     return logits.astype(jnp.float32)
 
-  def masked_logits(self, params: Params, noisy: Array, attention_mask: Array) -> Array:
-    """Float32 logits ``[B, L, V]`` under ``attention_mask`` (bool ``[L, L]``, a hyperschedule's
-    mask; no time input)."""
-    return self.module.apply({"params": params}, noisy, None,
-                             attention_mask=attention_mask).astype(jnp.float32)
+  def masked_logits(self, params: Params, noisy: Array, attention_mask: Array,
+                    positions: Optional[Array] = None,
+                    dropout_rng: Optional[Array] = None) -> Array:
+    """Float32 logits ``[B, L, V]`` under ``attention_mask`` (bool ``[L, L]`` or ``[B, L, L]``,
+    a hyperschedule's mask; no time input), at ``positions [L]`` (default ``0 .. L-1``; the
+    ``[y; y]`` training layout repeats them)."""
+    return self.module.apply({"params": params}, noisy, None, attention_mask=attention_mask,
+                             positions=positions,
+                             **_dropout(dropout_rng)).astype(jnp.float32)
 
-  def block_logits(self, params: Params, cache: Optional[dict[str, Any]], block: Array
-                   ) -> tuple[Array, dict[str, Any]]:
+  def block_logits(self, params: Params, cache: Optional[dict[str, Any]], block: Array,
+                   block_mask: Optional[Array] = None) -> tuple[Array, dict[str, Any]]:
     """Block decoding with the KV cache (no time input): float32 logits ``[B, w, V]`` of
-    ``block [B, w]`` placed after the cached positions, attending to them and to each other,
-    and the cache with the block appended (keep it to commit the block, drop it to evaluate
-    the block again). ``cache`` None: an empty one."""
+    ``block [B, w]`` placed after the cached positions, attending to them and to each other
+    (``block_mask [w, w]``: to the block's tokens it allows), and the cache with the block
+    appended (keep it to commit the block, drop it to evaluate the block again). ``cache``
+    None: an empty one."""
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}
     logits, mutated = self.module.apply(variables, block, None, decode=True, block_decode=True,
-                                        mutable=["cache"])
+                                        block_mask=block_mask, mutable=["cache"])
     return logits.astype(jnp.float32), mutated["cache"]

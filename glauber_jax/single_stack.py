@@ -46,7 +46,12 @@ class SingleStack(nn.Module):
   other (block-causal KV caching of the hybrid processes' block hyperschedules; calling it
   without keeping the mutated cache evaluates a block without committing it).
   ``attention_mask`` (bidirectional, not decoding): bool ``[L, L]`` or ``[B, L, L]``, True where
-  a query may attend to a key (a hyperschedule's mask).
+  a query may attend to a key (a hyperschedule's mask). ``positions`` (not decoding): int
+  ``[L]`` positions of the tokens in place of ``0 .. L-1`` (the hybrid processes' ``[y; y]``
+  training layout repeats ``0 .. d-1``); with them ``L`` may exceed ``max_encoder_length`` (no
+  cache is written). ``block_mask`` (block decoding): bool ``[w, w]`` or ``[B, w, w]``, which of
+  the new tokens each new token attends to (besides everything cached; default all): the slide
+  hyperschedules' cached decoding mixes settled (causal) and active rows in one block.
   """
 
   config: network.NetworkConfig
@@ -61,12 +66,17 @@ class SingleStack(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, time: Optional[Array] = None, enable_dropout: bool = False,
                decode: bool = False, attention_mask: Optional[Array] = None,
-               block_decode: bool = False) -> Array:
+               block_decode: bool = False, positions: Optional[Array] = None,
+               block_mask: Optional[Array] = None) -> Array:
     cfg = self.config
     max_length = cfg.max_encoder_length
     batch, length = tokens.shape
     deterministic = not enable_dropout
-    if length > max_length:
+    if positions is not None and decode:
+      raise ValueError("positions are for the non-decoding forward.")
+    if block_mask is not None and not (decode and block_decode):
+      raise ValueError("block_mask is for bidirectional block decoding.")
+    if length > max_length and positions is None:
       raise errors.ConfigError(f"tokens have length {length}, longer than the model's maximum "
                        f"{max_length} (NetworkConfig.max_encoder_length).")
     if decode:
@@ -81,8 +91,12 @@ class SingleStack(nn.Module):
       # Causal: the attention layer builds the causal cache mask. Bidirectional (block
       # decoding): the new tokens see everything cached and each other.
       mask = None if self.causal else (key_positions < start + length)[None, None, None, :]
+      if block_mask is not None:
+        offset = jnp.clip(key_positions - start, 0, length - 1)
+        within = jnp.take(jnp.broadcast_to(block_mask, (batch, length, length)), offset, axis=-1)
+        mask = ((key_positions < start) | ((key_positions < start + length) & within))[:, None]
     else:
-      positions = jnp.arange(length)
+      positions = jnp.arange(length) if positions is None else positions
       key_positions = positions
       mask = nn.make_causal_mask(tokens, dtype=jnp.bool_) if self.causal else None
       if attention_mask is not None:

@@ -45,3 +45,20 @@ def test_hybrid_trains_samples_and_bounds(tmp_path: pathlib.Path, kind: str) -> 
   assert bound.returncode == 0, bound.stderr[-3000:]
   record = json.loads(open(model_dir / "infer_bound.jsonl", encoding="utf-8").read())
   assert 1.0 < record["perplexity_upper_bound"] < float("inf")
+
+
+def test_block_trained_epsilon_hybrid_trains_and_samples_cached(tmp_path: pathlib.Path) -> None:
+  """``gin/hybrid_epsilon_block_tiny.gin``: the efficient layout under the block masks trains,
+  and the KV-cached block sampler (its default attention) samples."""
+  shrink = ["--gin_file=gin/hybrid_epsilon_block_tiny.gin", f"--gin.MODEL_DIR='{tmp_path}'",
+            "--gin.BLOCK_WIDTH=8", "--gin.BLOCK_LEVELS=3", *SHRINK]
+  trained = run(cli("glauber_jax.train", *shrink, "--gin.TRAIN_STEPS=2"))
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  sampled = run(cli("glauber_jax.infer", *shrink, f"--checkpoint={tmp_path}",
+                    "--gin.infer.num_samples=2", "--gin.infer.batch_size=2",
+                    "--gin.infer.prompts=['To be, or not']"))
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  records = [json.loads(line) for line in open(tmp_path / "infer_sample.jsonl",
+                                               encoding="utf-8")]
+  assert len(records) == 2 and all(r["text"].startswith("To be, or not") for r in records)
+  assert records[0]["settings"]["attention"] == "cached"

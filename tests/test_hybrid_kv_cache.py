@@ -1,15 +1,15 @@
-"""KV caching of block hyperschedules (test 7 of ``/work/shared/design/hybrid.md`` sec. 7): the
-cached block decoding of a bidirectional single stack gives the logits of the uncached forward
-under the schedule's block-causal mask (float32, 1e-5) at every active position of every
-block, and a whole generation draws identical samples under a fixed key."""
+"""KV caching of block and slide hyperschedules (test 7 of ``/work/shared/design/hybrid.md`` sec.
+7): the cached block decoding of a bidirectional single stack gives the logits of the uncached
+forward under the schedule's mask (block-causal context for block schedules, causal for slide
+ones; float32, 1e-5) at every active position of every call, and a whole generation draws
+identical samples under a fixed key."""
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from glauber_jax import denoiser_networks, models, network
 from glauber_jax.processes import hybrid, hybrid_process, hyperschedules
@@ -48,31 +48,58 @@ def test_cached_block_logits_equal_the_masked_forward() -> None:
     _, cache = denoiser.block_logits(params, cache, tokens[:, lo:hi])  # Commit the block.
 
 
-def test_cached_generation_draws_the_same_samples() -> None:
+def sampler_pair(denoiser: denoiser_networks.SingleStackDenoiser, params: dict, kind: str,
+                 width: int, levels: int, eta: float):
+  """The process's jitted uncached (``schedule``) and cached samplers of one hyperschedule."""
+  process = hybrid_process.EpsilonHybridProcess(SEQ_LEN)
+  return [jax.jit(process.epsilon_sampler(denoiser, params, process.sampler_options(
+      hybrid_process.HybridSamplerOptions(schedule=kind, width=width, num_levels=levels,
+                                          eta=eta, attention=attention))))
+          for attention in ("schedule", "cached")]
+
+
+@pytest.mark.parametrize("kind, width, levels", [("block", WIDTH, LEVELS), ("slide", 3, 4),
+                                                 ("slide", 1, 1)])
+def test_cached_generation_draws_the_same_samples(kind: str, width: int, levels: int) -> None:
   denoiser, params = denoiser_and_params()
-  schedule = hyperschedules.make("block", SEQ_LEN, LEVELS, width=WIDTH)
   batch = 3
   initial = jnp.full((batch, SEQ_LEN), MASK, jnp.int32).at[:, :2].set(jnp.array([5, 7]))
   frozen = jnp.broadcast_to(jnp.arange(SEQ_LEN) < 2, initial.shape)
-  allowed = jnp.asarray(denoiser.allowed_tokens)
-  masks = np.stack([schedule.attention_mask(c, "block_causal")
-                    for c in range(1, schedule.num_calls + 1)])
-  uncached = jax.jit(functools.partial(
-      hybrid.epsilon_sample,
-      logits_fn=lambda noisy, times, mask: denoiser.masked_logits(params, noisy, mask),
-      tables=schedule.tables(), mask_id=MASK, allowed=allowed, eta=0.2,
-      attention_masks=masks))
-  cached = jax.jit(functools.partial(
-      hybrid.epsilon_sample_cached,
-      block_logits_fn=functools.partial(denoiser.block_logits, params), schedule=schedule,
-      mask_id=MASK, allowed=allowed, eta=0.2))
+  uncached, cached = sampler_pair(denoiser, params, kind, width, levels, eta=0.2)
   for seed in range(3):
     key = jax.random.PRNGKey(seed)
-    plain, plain_corrections = uncached(key, initial=initial, frozen=frozen)
-    fast, fast_corrections = cached(key, initial=initial, frozen=frozen)
+    plain, plain_corrections = uncached(key, initial, frozen)
+    fast, fast_corrections = cached(key, initial, frozen)
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(fast))
     np.testing.assert_array_equal(np.asarray(plain_corrections), np.asarray(fast_corrections))
     assert (np.asarray(fast) != MASK).all() and (np.asarray(fast)[:, :2] == [5, 7]).all()
+
+
+@pytest.mark.parametrize("width, levels", [(3, 4), (4, 4), (1, 1)])
+def test_cached_slide_logits_equal_the_masked_forward(width: int, levels: int) -> None:
+  """Every call of a slide generation: the cached block's logits at the active positions equal
+  the uncached forward's under the call's causal-context mask (the cache appended one settled
+  position per call, as ``hybrid.epsilon_sample_cached_slide`` does)."""
+  denoiser, params = denoiser_and_params()
+  schedule = hyperschedules.make("slide", SEQ_LEN, levels, width=width)
+  plan = hybrid.slide_cache_plan(schedule)
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(3, VOCAB.vocab_size, (2, SEQ_LEN))
+  tokens = jnp.asarray(np.where(rng.random(tokens.shape) < 0.4, MASK, tokens), jnp.int32)
+  cache = None
+  for call in range(1, schedule.num_calls + 1):
+    start = int(plan["start"][call - 1])
+    if plan["commit"][call - 1]:
+      _, cache = denoiser.block_logits(params, cache, tokens[:, start - 1:start])
+    cached, _ = denoiser.block_logits(params, cache, tokens[:, start:start + width],
+                                      jnp.asarray(plan["block_mask"][call - 1]))
+    full = denoiser.masked_logits(params, tokens,
+                                  jnp.asarray(schedule.attention_mask(call, "causal")))
+    _, active, _ = schedule.partition(call)
+    window_active = active[start:start + width]
+    np.testing.assert_allclose(np.asarray(cached)[:, window_active],
+                               np.asarray(full)[:, active], atol=1e-5, rtol=0)
+    assert active.sum() == window_active.sum()
 
 
 def test_the_process_samples_identically_with_the_cache() -> None:

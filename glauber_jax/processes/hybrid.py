@@ -399,6 +399,79 @@ def epsilon_sample_cached(rng: Array, block_logits_fn: BlockLogitsFn, initial: A
   return tokens, corrections
 
 
+#: ``(cache, block [B, w], block_mask [w, w] or None) -> (logits [B, w, V], cache with the block
+#: appended)``: block decoding where each new token attends to the cache and to the tokens of
+#: the block its row of ``block_mask`` allows (None: all).
+MaskedBlockLogitsFn = Callable[[Any, Array, Optional[Array]], tuple[Array, Any]]
+
+
+def slide_cache_plan(schedule: Any) -> dict[str, np.ndarray]:
+  """The cached decoding of a slide hyperschedule (causal context), per call ``[T]``:
+  ``start``, the first position of the ``w``-token block the network runs on (the cache holds
+  ``[0, start)``; ``clip(c - w, 0, d - w)``); ``commit``, whether position ``start - 1`` (settled
+  at the previous call) is appended to the cache first; ``block_mask`` ``[T, w, w]``: the
+  block's settled rows (already settled positions at the end of the sequence, where the window
+  stops moving) attend causally, its active rows attend every settled and active token, and no
+  row attends an idle token. With it the block's logits equal the uncached forward's under
+  ``attention_mask(c, "causal")``: the cached keys and values of a settled position depend only
+  on the positions before it."""
+  if schedule.kind != "slide":
+    raise ValueError(f"a slide cache plan needs a slide schedule, got {schedule.kind!r}.")
+  seq_len, width = schedule.seq_len, schedule.width
+  calls = np.arange(1, schedule.num_calls + 1)
+  start = np.clip(calls - width, 0, seq_len - width)
+  num_settled = np.maximum(calls - width, 0) - start
+  num_visible = np.minimum(calls, seq_len) - start
+  rows = np.arange(width)[None, :, None]
+  columns = np.arange(width)[None, None, :]
+  settled_row = rows < num_settled[:, None, None]
+  block_mask = np.where(settled_row, columns <= rows, columns < num_visible[:, None, None])
+  commit = np.concatenate([[False], start[1:] > start[:-1]])
+  return {"start": start.astype(np.int32), "commit": commit, "block_mask": block_mask}
+
+
+def epsilon_sample_cached_slide(rng: Array, block_logits_fn: MaskedBlockLogitsFn,
+                                initial: Array, frozen: Array, schedule: Any, mask_id: int,
+                                allowed: Array, eta: float = 0.0, temperature: float = 1.0,
+                                top_k: int = 0, top_p: float = 1.0) -> tuple[Array, Array]:
+  """``epsilon_sample`` over a slide hyperschedule with the settled positions' keys and values
+  cached (``slide_cache_plan``), in one scan: each call appends the position settled at the
+  previous call (one token, attending to the cache: causal context) and runs the network on a
+  ``w``-token block. With the schedule's ``causal`` attention masks, the same draws as
+  ``epsilon_sample`` (same keys, same calls) from the same logits up to float rounding."""
+  plan = slide_cache_plan(schedule)
+  allowed = _draw_ids(allowed, mask_id)
+  width = schedule.width
+  _, keep_ratio, active, calls = _epsilon_steps(schedule.tables())
+  tokens = initial.astype(jnp.int32)
+  _, cache = block_logits_fn(None, tokens[:, :width], None)
+  cache = jax.tree_util.tree_map(jnp.zeros_like, cache)  # An empty cache of the right shapes.
+
+  def step(carry: tuple[Array, Array, Any], inputs: tuple[Array, ...]) -> tuple[tuple, None]:
+    tokens, corrections, cache = carry
+    keep, call_active, call, start, commit, block_mask = inputs
+    cache = jax.lax.cond(
+        commit,
+        lambda cache: block_logits_fn(
+            cache, jax.lax.dynamic_slice_in_dim(tokens, start - 1, 1, axis=1), None)[1],
+        lambda cache: cache, cache)
+    block_logits, _ = block_logits_fn(
+        cache, jax.lax.dynamic_slice_in_dim(tokens, start, width, axis=1), block_mask)
+    logits = jax.lax.dynamic_update_slice_in_dim(
+        jnp.zeros(tokens.shape + block_logits.shape[-1:], jnp.float32), block_logits, start,
+        axis=1)
+    tokens, corrected = _epsilon_update(jax.random.fold_in(rng, call), tokens, logits, keep,
+                                        call_active, frozen, mask_id, allowed, eta, temperature,
+                                        top_k, top_p)
+    return (tokens, corrections + corrected, cache), None
+
+  inputs = (keep_ratio, active, calls, jnp.asarray(plan["start"]), jnp.asarray(plan["commit"]),
+            jnp.asarray(plan["block_mask"]))
+  (tokens, corrections, _), _ = jax.lax.scan(
+      step, (tokens, jnp.zeros(initial.shape[0], jnp.int32), cache), inputs)
+  return tokens, corrections
+
+
 def gamma_sample(rng: Array, log_score_fn: LogitsFn, initial: Array, frozen: Array,
                  tables: dict[str, np.ndarray], gamma: float, real: Array, mask_id: int,
                  exact: bool = True) -> Array:

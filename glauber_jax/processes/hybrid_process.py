@@ -24,7 +24,8 @@ softmax of the scores (``bound = "mdlm"``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping, Optional
+import functools
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import gin
 import jax
@@ -39,6 +40,9 @@ Params = Any
 Batch = Mapping[str, Array]
 #: The epsilon-hybrid sampler's attention settings.
 ATTENTIONS = ("full", "schedule", "cached")
+#: The epsilon-hybrid's annealed training: attention (standard layout) and layouts.
+TRAIN_ATTENTIONS = ("full", "schedule")
+TRAIN_LAYOUTS = ("standard", "efficient")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +57,7 @@ class HybridSamplerOptions(sampling.SamplerOptions):
     exact_stagger: exact staggered scores (True) or the reference's approximation (gamma).
     attention: epsilon-hybrid: ``"full"`` (bidirectional; idle positions hold MASK),
       ``"schedule"`` (the hyperschedule's mask, block-causal context; causal for slide) or
-      ``"cached"`` (the same logits with the settled blocks' keys and values cached; block
-      schedules).
+      ``"cached"`` (the same logits with the settled positions' keys and values cached).
   """
 
   schedule: Optional[str] = None
@@ -144,6 +147,17 @@ class EpsilonHybridProcess(_HybridProcess):
       its active positions count (no ``1/(1 - p)``), normalised by their number. Idle positions
       are MASK tokens (the reference hides them from attention instead).
     train_schedule, train_width, train_levels: the hyperschedule of annealed training.
+    train_attention: annealed, standard layout: ``"full"`` (bidirectional, idle positions MASK)
+      or ``"schedule"``: the call's hyperschedule mask (``Hyperschedule.sampling_context``:
+      causal for slide, block-causal otherwise), the mask the sampler's ``attention =
+      "schedule" | "cached"`` evaluates the network with.
+    train_layout: annealed: ``"standard"`` (one call per row) or ``"efficient"``: the ``[y; x]``
+      layout of length ``2L`` (``hyperschedules.efficient_attention_mask``; needs
+      ``train_attention = "schedule"``) that trains every chunk of the noisy copy ``x`` at once,
+      each at its own call: a block schedule draws each block's level uniformly and
+      independently; a slide schedule draws a shift ``r`` in ``[0, w)`` per row and cuts ``x``
+      into the windows of all the calls ``c = r (mod w)`` (chunks ``[0, r)``, ``[r, r + w)``,
+      ..., at the window levels). ``weight_sum`` counts the ``L`` noisy positions per row.
     schedule, width, num_levels: the sampler's default hyperschedule.
     eta: the sampler's default ACS rate.
     num_score_samples: bound draws averaged by ``score``.
@@ -155,13 +169,23 @@ class EpsilonHybridProcess(_HybridProcess):
   def __init__(self, seq_len: int = gin.REQUIRED, epsilon: float = 0.01, balance: float = 1.0,
                time_epsilon: float = 1e-4, annealed: bool = False, train_schedule: str = "block",
                train_width: Optional[int] = None, train_levels: int = 16,
+               train_attention: str = "full", train_layout: str = "standard",
                schedule: str = "flat", width: Optional[int] = None, num_levels: int = 128,
                eta: float = 0.0, num_score_samples: int = 1) -> None:
     super().__init__(seq_len, time_epsilon, schedule, width, num_levels, num_score_samples)
     if not 0.0 <= epsilon < 1.0 or balance < 0 or eta < 0:
       raise ValueError(f"need epsilon in [0, 1), balance >= 0 and eta >= 0, got {epsilon}, "
                        f"{balance}, {eta}.")
+    if train_attention not in TRAIN_ATTENTIONS or train_layout not in TRAIN_LAYOUTS:
+      raise ValueError(f"train_attention must be one of {TRAIN_ATTENTIONS} and train_layout one "
+                       f"of {TRAIN_LAYOUTS}, got {train_attention!r}, {train_layout!r}.")
+    if (train_attention, train_layout) != ("full", "standard") and not annealed:
+      raise ValueError("train_attention = 'schedule' and train_layout = 'efficient' train over "
+                       "a hyperschedule: they need annealed = True.")
+    if train_layout == "efficient" and train_attention != "schedule":
+      raise ValueError("the efficient layout is masked: it needs train_attention = 'schedule'.")
     self.epsilon, self.balance, self.eta, self.annealed = epsilon, balance, eta, annealed
+    self.train_attention, self.train_layout = train_attention, train_layout
     self.train_schedule = (hyperschedules.make(train_schedule, seq_len, train_levels,
                                                train_width) if annealed else None)
 
@@ -169,13 +193,40 @@ class EpsilonHybridProcess(_HybridProcess):
     """``(noisy, times [B, L]) -> logits``: the network has no time input."""
     return lambda noisy, times: denoiser.logits(params, noisy, times[:, 0], dropout_rng)
 
+  def _efficient_levels(self, rng: Array, batch_size: int) -> tuple[Array, Array]:
+    """The efficient layout's draw: ``(chunk_start, p)`` ``[B, L]`` (see ``train_layout``)."""
+    schedule = self.train_schedule
+    positions = jnp.arange(self.seq_len)
+    width = schedule.width
+    if schedule.kind == "slide":
+      shift = jax.random.randint(rng, (batch_size, 1), 0, width)
+      offset = (positions - shift) % width
+      chunk_start = jnp.maximum(positions - offset, 0)
+      levels = jnp.asarray(schedule.window_levels())[offset]
+    else:
+      block = positions // width
+      block_levels = jax.random.randint(rng, (batch_size, -(-self.seq_len // width)), 0,
+                                        schedule.num_levels)
+      chunk_start = jnp.broadcast_to(block * width, (batch_size, self.seq_len))
+      levels = block_levels[:, block]
+    return chunk_start, schedule.active_times(levels, xp=jnp)
+
   def forward(self, denoiser: Any, params: Params, state: Any, data: Array, step: Array,
               rng: Array) -> tuple[Batch, Any]:
-    """Flat: ``p`` stratified per row; annealed: a random call of the training schedule."""
+    """Flat: ``p`` stratified per row; annealed: a random call of the training schedule, or
+    with the efficient layout every chunk at its own call."""
     del params, step
     time_rng, noise_rng = jax.random.split(rng)
     mask_id = denoiser.special_ids.mask
     real = jnp.asarray(denoiser.allowed_tokens)
+    if self.train_layout == "efficient":
+      chunk_start, levels = self._efficient_levels(time_rng, data.shape[0])
+      noisy, masked, shuffled = hybrid.epsilon_forward(noise_rng, data, levels, self.epsilon,
+                                                       real, mask_id)
+      return {"targets": data, "noisy": noisy, "masked": masked, "shuffled": shuffled,
+              "active": jnp.ones(data.shape, bool), "levels": levels,
+              "chunk_start": chunk_start}, state
+    settled = jnp.zeros(data.shape, bool)
     if self.train_schedule is None:
       times = absorbing.stratified_times(time_rng, data.shape[0], self.time_epsilon)
       levels = self.noise_levels(times)
@@ -186,19 +237,46 @@ class EpsilonHybridProcess(_HybridProcess):
       call = jax.random.randint(time_rng, (data.shape[0],), 0, self.train_schedule.num_calls)
       times = call.astype(jnp.float32)
       active = jnp.asarray(tables["active"])[call]
-      idle = ~active & ~jnp.asarray(tables["settled"])[call]
+      settled = jnp.asarray(tables["settled"])[call]
+      idle = ~active & ~settled
       levels = jnp.where(active, jnp.asarray(tables["times"])[call], 0.0)
     noisy, masked, shuffled = hybrid.epsilon_forward(noise_rng, data, levels, self.epsilon,
                                                      real, mask_id)
     noisy = jnp.where(idle, mask_id, jnp.where(active, noisy, data))
     return {"targets": data, "noisy": noisy, "masked": masked & active,
-            "shuffled": shuffled & active, "active": active, "times": times,
-            "levels": levels}, state
+            "shuffled": shuffled & active, "active": active, "settled": settled,
+            "times": times, "levels": levels}, state
+
+  def training_flops(self, denoiser: Any) -> float:
+    """The efficient layout runs the network on ``2L`` positions."""
+    length = 2 * self.seq_len if self.train_layout == "efficient" else self.seq_len
+    return denoiser.training_flops(length, length)
+
+  def training_logits(self, denoiser: Any, params: Params, batch: Batch,
+                      rng: Optional[Array] = None) -> Array:
+    """The network's logits ``[B, L, V]`` at the noisy positions of a ``forward`` batch, under
+    the training attention (``train_attention``, ``train_layout``)."""
+    noisy = batch["noisy"]
+    if self.train_attention == "full":
+      return denoiser.logits(params, noisy, batch["times"], rng)
+    schedule = self.train_schedule
+    context = schedule.sampling_context()
+    if self.train_layout == "standard":
+      mask = hyperschedules.partition_attention_mask(batch["settled"], batch["active"], context,
+                                                     schedule.width, xp=jnp)
+      return denoiser.masked_logits(params, noisy, mask, dropout_rng=rng)
+    # Block chunks are the same in every row: one [2L, 2L] mask (slide: one per row).
+    chunk_start = batch["chunk_start"] if schedule.kind == "slide" else batch["chunk_start"][0]
+    mask = hyperschedules.efficient_attention_mask(chunk_start, context, schedule.width, xp=jnp)
+    positions = jnp.tile(jnp.arange(self.seq_len), 2)
+    logits = denoiser.masked_logits(params, jnp.concatenate([batch["targets"], noisy], axis=1),
+                                    mask, positions, rng)
+    return logits[:, self.seq_len:]
 
   def loss(self, denoiser: Any, params: Params, batch: Batch, rng: Optional[Array]
            ) -> tuple[Array, dict[str, Array]]:
     """Summed HDCE; ``weight_sum`` counts the tokens (annealed: the active ones)."""
-    logits = denoiser.logits(params, batch["noisy"], batch["times"], rng)
+    logits = self.training_logits(denoiser, params, batch, rng)
     log_probs = _allowed_log_probs(logits, denoiser.allowed_tokens, denoiser.special_ids.mask)
     weights = hybrid.hdce_weights(batch["masked"], batch["shuffled"], batch["levels"],
                                   self.epsilon, self.balance, self.annealed)
@@ -224,10 +302,37 @@ class EpsilonHybridProcess(_HybridProcess):
     if eta < 0 or options.exact_stagger is not None:
       raise ValueError(f"the epsilon-hybrid sampler takes eta >= 0 (got {eta}) and no "
                        "exact_stagger.")
-    if attention not in ATTENTIONS or (attention == "cached" and options.schedule == "slide"):
-      raise ValueError(f"attention must be one of {ATTENTIONS} ('cached': block schedules), "
-                       f"got {attention!r} with a {options.schedule!r} schedule.")
+    if attention not in ATTENTIONS:
+      raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}.")
     return dataclasses.replace(options, eta=eta, attention=attention)
+
+  def epsilon_sampler(self, denoiser: Any, params: Params, options: HybridSamplerOptions
+                      ) -> Callable[[Array, Array, Array], tuple[Array, Array]]:
+    """``(rng, initial [B, L], frozen [B, L]) -> (final, corrections [B])``: the ancestral
+    sampler (ACS when ``eta > 0``) of checked options (``sampler_options``) over their
+    hyperschedule, with their attention: ``full``; ``schedule`` (the hyperschedule's masks,
+    ``Hyperschedule.sampling_context``); ``cached`` (the same logits with the settled
+    positions' keys and values cached: ``hybrid.epsilon_sample_cached`` for block schedules,
+    ``hybrid.epsilon_sample_cached_slide`` for slide ones). ``initial`` holds MASK where
+    nothing is known; ``frozen`` positions never change."""
+    schedule = self.hyperschedule(options)
+    draws = {"mask_id": denoiser.special_ids.mask,
+             "allowed": jnp.asarray(denoiser.allowed_tokens), "eta": options.eta,
+             "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p}
+    if options.attention == "cached":
+      sampler = (hybrid.epsilon_sample_cached_slide if schedule.kind == "slide"
+                 else hybrid.epsilon_sample_cached)
+      return lambda rng, initial, frozen: sampler(
+          rng, functools.partial(denoiser.block_logits, params), initial, frozen, schedule,
+          **draws)
+    if options.attention == "schedule":
+      masks = np.stack([schedule.attention_mask(c, schedule.sampling_context())
+                        for c in range(1, schedule.num_calls + 1)])
+      return lambda rng, initial, frozen: hybrid.epsilon_sample(
+          rng, lambda noisy, times, mask: denoiser.masked_logits(params, noisy, mask), initial,
+          frozen, schedule.tables(), attention_masks=masks, **draws)
+    return lambda rng, initial, frozen: hybrid.epsilon_sample(
+        rng, self.logits_fn(denoiser, params), initial, frozen, schedule.tables(), **draws)
 
   def sample(self, denoiser: Any, params: Params, rng: Array, batch_size: int,
              prefix: Optional[Array], options: sampling.SamplerOptions,
@@ -240,23 +345,7 @@ class EpsilonHybridProcess(_HybridProcess):
     initial = jnp.pad(prefix, ((0, 0), (0, self.seq_len - prefix.shape[1])),
                       constant_values=mask_id)
     frozen = jnp.broadcast_to(jnp.arange(self.seq_len) < prefix.shape[1], initial.shape)
-    schedule = self.hyperschedule(options)
-    draws = (mask_id, jnp.asarray(denoiser.allowed_tokens), options.eta, options.temperature,
-             options.top_k, options.top_p)
-    if options.attention == "cached":
-      final, _ = hybrid.epsilon_sample_cached(
-          rng, lambda cache, block: denoiser.block_logits(params, cache, block), initial,
-          frozen, schedule, *draws)
-    elif options.attention == "schedule":
-      context = "causal" if schedule.kind == "slide" else "block_causal"
-      masks = np.stack([schedule.attention_mask(c, context)
-                        for c in range(1, schedule.num_calls + 1)])
-      final, _ = hybrid.epsilon_sample(
-          rng, lambda noisy, times, mask: denoiser.masked_logits(params, noisy, mask), initial,
-          frozen, schedule.tables(), *draws, attention_masks=masks)
-    else:
-      final, _ = hybrid.epsilon_sample(rng, self.logits_fn(denoiser, params), initial, frozen,
-                                       schedule.tables(), *draws)
+    final, _ = self.epsilon_sampler(denoiser, params, options)(rng, initial, frozen)
     return sampling.Samples(None, final)
 
   def metadata(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -126,11 +127,18 @@ class Hyperschedule:
     level), clipped to ``[eps, 1 - eps]``."""
     settled, active, _ = self.partition(call)
     eps = self.time_epsilon
+    times = np.where(settled, eps, np.where(active, self.active_times(self.levels(call)),
+                                            1 - eps))
+    return times.astype(np.float32)
+
+  def active_times(self, levels: Any, xp: Any = np) -> Any:
+    """Float32 diffusion times of active positions at ``levels`` (any shape; ``xp``: NumPy or
+    ``jax.numpy``): ``a + l (1 - 2a) / (num_levels - 1)``, ``a = 10 eps``, clipped to
+    ``[eps, 1 - eps]``."""
+    eps = self.time_epsilon
     low = 10 * eps
     spacing = (1 - 2 * low) / (self.num_levels - 1) if self.num_levels > 1 else 0.0
-    level_times = low + self.levels(call) * spacing
-    times = np.where(settled, eps, np.where(active, level_times, 1 - eps))
-    return np.clip(times, eps, 1 - eps).astype(np.float32)
+    return xp.clip(low + xp.asarray(levels) * spacing, eps, 1 - eps).astype(xp.float32)
 
   def tables(self) -> dict[str, np.ndarray]:
     """Every call at once, ``[T, d]``: ``levels``, ``settled``, ``active``, ``times`` and
@@ -158,20 +166,13 @@ class Hyperschedule:
     columns, so their keys and values do not depend on the noisy tokens (what KV caching needs).
     An idle row is all False: the network must not normalise it (its output is unused).
     """
-    if context not in CONTEXTS:
-      raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}.")
     settled, active, _ = self.partition(call)
-    positions = np.arange(self.seq_len)
-    if context == "causal":
-      among_settled = positions[None, :] <= positions[:, None]
-    elif context == "block_causal":
-      blocks = positions // self.width
-      among_settled = blocks[None, :] <= blocks[:, None]
-    else:
-      among_settled = np.ones((self.seq_len, self.seq_len), bool)
-    settled_rows = settled[:, None] & settled[None, :] & among_settled
-    active_rows = active[:, None] & (settled | active)[None, :]
-    return settled_rows | active_rows
+    return partition_attention_mask(settled, active, context, self.width)
+
+  def sampling_context(self) -> str:
+    """The context of the samplers' and the masked training's attention: ``causal`` for slide
+    (its settled prefix grows one position at a time), ``block_causal`` otherwise."""
+    return "causal" if self.kind == "slide" else "block_causal"
 
 
 def make(kind: str, seq_len: int, num_levels: int, width: int | None = None,
@@ -195,3 +196,60 @@ def block_weighting(seq_len: int, width: int) -> np.ndarray:
   if num_blocks == 1:
     return np.ones(seq_len, np.float32)
   return (np.arange(seq_len) // width / (num_blocks - 1)).astype(np.float32)
+
+
+def context_mask(seq_len: int, context: str, width: int, xp: Any = np) -> Any:
+  """Bool ``[d, d]``: which settled column each settled row sees under ``context``
+  (``causal``: ``j <= i``; ``block_causal``: ``j // width <= i // width``; ``full``)."""
+  if context not in CONTEXTS:
+    raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}.")
+  positions = xp.arange(seq_len)
+  if context == "causal":
+    return positions[None, :] <= positions[:, None]
+  if context == "block_causal":
+    blocks = positions // width
+    return blocks[None, :] <= blocks[:, None]
+  return xp.ones((seq_len, seq_len), bool)
+
+
+def partition_attention_mask(settled: Any, active: Any, context: str, width: int,
+                             xp: Any = np) -> Any:
+  """``Hyperschedule.attention_mask`` from the partition: bool ``[..., d, d]`` of ``settled`` and
+  ``active`` (bool ``[..., d]``, e.g. rows of ``tables()`` indexed by a traced call; ``xp``:
+  NumPy or ``jax.numpy``)."""
+  among_settled = context_mask(settled.shape[-1], context, width, xp)
+  settled_rows = settled[..., :, None] & settled[..., None, :] & among_settled
+  active_rows = active[..., :, None] & (settled | active)[..., None, :]
+  return settled_rows | active_rows
+
+
+def efficient_attention_mask(chunk_start: Any, context: str, width: int, xp: Any = np) -> Any:
+  """Bool ``[..., 2d, 2d]`` (rows: queries; True: may attend) of the efficient training layout
+  (``/work/shared/design/hybrid.md`` sec. 5): the input is ``[y; x]`` at positions
+  ``[0 .. d-1; 0 .. d-1]``, the clean sequence ``y`` then a noisy copy ``x`` cut into chunks,
+  each chunk at the levels of its own call.
+
+  Args:
+    chunk_start: int ``[..., d]``: for each position of the noisy half, the first position of
+      its chunk (a block schedule's bucket ``b`` starts at ``b w``).
+    context: the clean half's attention among itself, ``causal`` or ``block_causal`` (with
+      ``width``): both are prefix-closed, so a chunk starting at ``s`` sees the clean context
+      ``[0, s)`` exactly as the settled rows of its standard-mask call do.
+    width: the block width of ``block_causal``.
+    xp: NumPy or ``jax.numpy``.
+
+  A clean row sees the clean columns under ``context`` and no noisy one; a noisy row sees the
+  clean columns before its chunk's start and the noisy columns of its chunk. So the noisy half's
+  outputs equal, chunk by chunk, the standard-mask forwards of the chunks' calls.
+  """
+  if context not in ("causal", "block_causal"):
+    raise ValueError(f"the efficient layout needs a causal or block_causal context, got "
+                     f"{context!r}.")
+  chunk_start = xp.asarray(chunk_start)
+  *lead, seq_len = chunk_start.shape
+  square = (*lead, seq_len, seq_len)
+  clean = xp.concatenate([xp.broadcast_to(context_mask(seq_len, context, width, xp), square),
+                          xp.zeros(square, bool)], axis=-1)
+  noisy = xp.concatenate([xp.arange(seq_len) < chunk_start[..., :, None],
+                          chunk_start[..., :, None] == chunk_start[..., None, :]], axis=-1)
+  return xp.concatenate([clean, noisy], axis=-2)
