@@ -141,6 +141,8 @@ def test_gamma_block_and_slide_need_per_token_time() -> None:
                          num_levels=4)
   with pytest.raises(ValueError, match="NetworkConfig.time_per_token"):
     gamma_model(annealed=True, train_schedule="slide", train_width=2, train_levels=4)
+  with pytest.raises(ValueError, match="attends fully"):
+    gamma_model(per_token=True).sampler_options({"attention": "cached"})
 
 
 @pytest.mark.parametrize("schedule, width", [("block", 1), ("slide", 2)])
