@@ -161,7 +161,9 @@ class SingleStackDenoiser:
     network_config: the bidirectional single stack's shape (``single_stack.SingleStack``: depth
       ``num_encoder_layers``, longest sequence ``max_encoder_length``). ``time_conditioning`` is
       optional (MDLM finds it unnecessary with SUBS and a log-linear schedule: the mask count
-      reveals ``t``).
+      reveals ``t``); with ``time_per_token`` the times may be ``[B, L]``, and with
+      ``weighted_mask_embedding`` the calls take the eq. 12 weights ``mask_weight [B, L]`` of
+      the vocabulary's MASK (the gamma-hybrid's options).
     vocabulary: the task's vocabulary.
   """
 
@@ -169,9 +171,10 @@ class SingleStackDenoiser:
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED) -> None:
     network_config.check_vocabulary(vocabulary)
     self.network_config = network_config
-    self.module = single_stack.SingleStack(network_config, causal=False)
     self.vocabulary = vocabulary
     self.special_ids = denoisers.SpecialIds.from_vocabulary(vocabulary)
+    self.module = single_stack.SingleStack(network_config, causal=False,
+                                           mask_id=self.special_ids.mask)
     self.allowed_tokens = _text_tokens(vocabulary, text_includes_eos=False)
 
   @property
@@ -181,7 +184,10 @@ class SingleStackDenoiser:
   def init_variables(self, rng: Array, batch_size: int, seq_len: int) -> dict[str, Any]:
     time = (jnp.ones((batch_size,), jnp.float32) if self.network_config.time_conditioning
             else None)
-    return self.module.init(rng, jnp.ones((batch_size, seq_len), jnp.int32), time)
+    mask_weight = (jnp.zeros((batch_size, seq_len), jnp.float32)
+                   if self.network_config.weighted_mask_embedding else None)
+    return self.module.init(rng, jnp.ones((batch_size, seq_len), jnp.int32), time,
+                            mask_weight=mask_weight)
 
   def training_flops(self, input_length: int, output_length: int) -> float:
     """Matmuls of one stack plus full attention (PaLM's count, as for the causal LM)."""
@@ -194,11 +200,14 @@ class SingleStackDenoiser:
     return False
 
   def logits(self, params: Params, noisy: Array, times: Array,
-             dropout_rng: Optional[Array] = None) -> Array:
-    """Float32 logits ``[B, L, V]`` of ``noisy [B, L]`` at ``times [B]``."""
+             dropout_rng: Optional[Array] = None, mask_weight: Optional[Array] = None
+             ) -> Array:
+    """Float32 logits ``[B, L, V]`` of ``noisy [B, L]`` at ``times [B]`` (or ``[B, L]`` with
+    ``NetworkConfig.time_per_token``), with the eq. 12 weights ``mask_weight [B, L]`` exactly
+    when ``NetworkConfig.weighted_mask_embedding``."""
     logits = self.module.apply({"params": params}, noisy,
                                times if self.network_config.time_conditioning else None,
-                               **_dropout(dropout_rng))
+                               mask_weight=mask_weight, **_dropout(dropout_rng))
     return logits.astype(jnp.float32)
 
   def masked_logits(self, params: Params, noisy: Array, attention_mask: Array,

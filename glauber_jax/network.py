@@ -67,6 +67,14 @@ class NetworkConfig:
     remat_policy: activation rematerialisation of each block: none, full or dots (saves
       matmul outputs without batch dimensions).
     time_conditioning: add the DiT time embedding and modulation.
+    time_per_token: with ``time_conditioning``, the single stack's time input is one time per
+      token, ``[B, L]`` (a ``[B]`` input is broadcast over the positions): every position's
+      shift, scale and gate come from its own time (per-token adaLN), as hyperschedules give
+      each position its own noise level. The parameters are the per-sequence network's, which
+      it computes exactly when all positions share a time. Single stack only.
+    weighted_mask_embedding: the single stack mixes the MASK embedding into every token's,
+      ``(1 - w) f(x) + w f(MASK)`` with a per-token weight ``w [B, L]`` given with the input
+      (HDLM eq. 12: ``w = 1 - exp(-gamma sigma)``, computed by the gamma-hybrid process).
     time_embed_dim: width of the time MLP; the modulation adds
       ``time_embed_dim * 3 * d_model`` parameters per sublayer.
     infill_readout: how MASK-INFILL is read out (module docstring): ``"decoder"`` (T5 span
@@ -95,6 +103,8 @@ class NetworkConfig:
   remat_policy: str = "none"
   time_conditioning: bool = False
   time_embed_dim: int = 256
+  time_per_token: bool = False
+  weighted_mask_embedding: bool = False
   infill_readout: str = "decoder"
 
   def check_vocabulary(self, vocabulary: Any) -> None:
@@ -115,6 +125,8 @@ class NetworkConfig:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
           f"NetworkConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}.")
+    if self.time_per_token and not self.time_conditioning:
+      raise ValueError("NetworkConfig.time_per_token needs time_conditioning = True.")
     if self.position_scheme == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}.")
     for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff",
@@ -343,30 +355,40 @@ class GatedGeluMlp(nn.Module):
 
 
 def timestep_embedding(time: Array, dim: int, max_period: float = 10_000.0) -> Array:
-  """Sinusoidal embedding of (possibly fractional) diffusion times ``[B] -> [B, dim]``."""
+  """Sinusoidal embedding of (possibly fractional) diffusion times ``[...] -> [..., dim]``
+  (``[B]`` per sequence, ``[B, L]`` per token)."""
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = time.astype(jnp.float32)[:, None] * freqs[None, :]
+  args = time.astype(jnp.float32)[..., None] * freqs
   embedding = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
-    embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+    embedding = jnp.pad(embedding, ((0, 0),) * time.ndim + ((0, 1),))
   return embedding
 
 
-def checked_time(config: NetworkConfig, time: Optional[Array], batch: int) -> Optional[Array]:
-  """``time`` as float32 ``[batch]`` for a time-conditioned network (None for one without);
-  ValueError when the call and the configuration disagree."""
+def checked_time(config: NetworkConfig, time: Optional[Array], batch: int,
+                 length: Optional[int] = None) -> Optional[Array]:
+  """``time`` as float32 ``[batch]`` for a time-conditioned network, ``[batch, length]`` for a
+  per-token one (``config.time_per_token``; a ``[batch]`` time is broadcast over the
+  positions), None for one without; ValueError when the call and the configuration disagree
+  (``length`` None: the caller, the encoder-decoder, takes per-sequence times only)."""
   if not config.time_conditioning:
     if time is not None:
       raise ValueError("This network has no time conditioning; pass time=None.")
     return None
   if time is None:
     raise ValueError("A time-conditioned network needs `time` ([batch] diffusion times).")
-  return jnp.broadcast_to(jnp.asarray(time, jnp.float32), (batch,))
+  time = jnp.asarray(time, jnp.float32)
+  if not config.time_per_token:
+    return jnp.broadcast_to(time, (batch,))
+  if length is None:
+    raise ValueError("NetworkConfig.time_per_token is for the single stack only.")
+  return jnp.broadcast_to(time[:, None] if time.ndim == 1 else time, (batch, length))
 
 
 class TimeEmbedding(nn.Module):
-  """Sinusoid of ``t`` followed by a two-layer SiLU MLP: the DiT's conditioning vector."""
+  """Sinusoid of ``t`` followed by a two-layer SiLU MLP: the DiT's conditioning vector
+  (``[B] -> [B, width]``, or per token ``[B, L] -> [B, L, width]``)."""
 
   config: NetworkConfig
 
@@ -385,7 +407,9 @@ class TimeEmbedding(nn.Module):
 
 
 class Modulation(nn.Module):
-  """Zero-initialised projection of the time vector to (shift, scale, gate) per sublayer."""
+  """Zero-initialised projection of the time vector to (shift, scale, gate) per sublayer, each
+  ``[B, 1, d_model]`` (one time vector per sequence, ``[B, width]``) or ``[B, L, d_model]``
+  (one per token, ``[B, L, width]``)."""
 
   config: NetworkConfig
   num_sublayers: int
@@ -397,8 +421,9 @@ class Modulation(nn.Module):
                    param_dtype=cfg.weight_dtype,
                    kernel_init=param_init(nn.initializers.zeros, ("time_embed", "modulation")),
                    bias_init=param_init(nn.initializers.zeros, ("modulation",)))(time_vector)
-    chunks = jnp.split(out[:, None, :].astype(cfg.compute_dtype), 3 * self.num_sublayers,
-                       axis=-1)
+    if out.ndim == 2:
+      out = out[:, None, :]
+    chunks = jnp.split(out.astype(cfg.compute_dtype), 3 * self.num_sublayers, axis=-1)
     return tuple(tuple(chunks[3 * i:3 * i + 3]) for i in range(self.num_sublayers))
 
 

@@ -52,22 +52,31 @@ class SingleStack(nn.Module):
   cache is written). ``block_mask`` (block decoding): bool ``[w, w]`` or ``[B, w, w]``, which of
   the new tokens each new token attends to (besides everything cached; default all): the slide
   hyperschedules' cached decoding mixes settled (causal) and active rows in one block.
+
+  With ``config.time_per_token``, ``time`` may also be ``[B, L]``, one time per token (per-token
+  adaLN). With ``config.weighted_mask_embedding``, ``mask_weight [B, L]`` is required and the
+  token embeddings become ``(1 - w) f(x) + w f(mask_id)`` (HDLM eq. 12); ``mask_id`` is then
+  the vocabulary's MASK id.
   """
 
   config: network.NetworkConfig
   causal: bool
+  mask_id: Optional[int] = None
 
   def __post_init__(self) -> None:
     if self.config.num_encoder_layers <= 0:
       raise ValueError("a single stack needs NetworkConfig.num_encoder_layers (its depth) "
                        f"positive, got {self.config.num_encoder_layers}.")
+    if self.config.weighted_mask_embedding and self.mask_id is None:
+      raise ValueError("NetworkConfig.weighted_mask_embedding needs SingleStack.mask_id.")
     super().__post_init__()
 
   @nn.compact
   def __call__(self, tokens: Array, time: Optional[Array] = None, enable_dropout: bool = False,
                decode: bool = False, attention_mask: Optional[Array] = None,
                block_decode: bool = False, positions: Optional[Array] = None,
-               block_mask: Optional[Array] = None) -> Array:
+               block_mask: Optional[Array] = None, mask_weight: Optional[Array] = None
+               ) -> Array:
     cfg = self.config
     max_length = cfg.max_encoder_length
     batch, length = tokens.shape
@@ -103,12 +112,18 @@ class SingleStack(nn.Module):
         if self.causal:
           raise ValueError("attention_mask is for bidirectional single stacks.")
         mask = jnp.broadcast_to(attention_mask, (batch, length, length))[:, None]
-    time_vector = self._time_vector(time, batch)
-    x = nn.Embed(num_embeddings=cfg.vocab_size, features=cfg.d_model, dtype=cfg.compute_dtype,
-                 param_dtype=cfg.weight_dtype,
-                 embedding_init=network.param_init(
-                     nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
-                 name="token_embedder")(tokens).astype(cfg.compute_dtype)
+    time_vector = self._time_vector(time, batch, length)
+    embed = nn.Embed(num_embeddings=cfg.vocab_size, features=cfg.d_model,
+                     dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                     embedding_init=network.param_init(
+                         nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+                     name="token_embedder")
+    x = embed(tokens).astype(cfg.compute_dtype)
+    if cfg.weighted_mask_embedding != (mask_weight is not None):
+      raise ValueError("mask_weight ([B, L]) is given exactly when "
+                       "NetworkConfig.weighted_mask_embedding is set.")
+    if mask_weight is not None:
+      x = self._weighted_mask_embedding(x, embed(jnp.asarray(self.mask_id)), mask_weight)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = network.constrain(
         x, ("activation_batch", "activation_length", "activation_embed"))
@@ -129,7 +144,15 @@ class SingleStack(nn.Module):
     return network.constrain(
         logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
 
-  def _time_vector(self, time: Optional[Array], batch: int) -> Optional[Array]:
-    time = network.checked_time(self.config, time, batch)
+  def _weighted_mask_embedding(self, embedded: Array, mask_embedding: Array, weight: Array
+                               ) -> Array:
+    """Eq. 12: ``(1 - w) f(x) + w f(MASK)`` per token (float32 mix, ``w [B, L]``)."""
+    weight = jnp.broadcast_to(jnp.asarray(weight, jnp.float32), embedded.shape[:2])[..., None]
+    mixed = (1 - weight) * embedded.astype(jnp.float32) + weight * mask_embedding.astype(
+        jnp.float32)
+    return mixed.astype(self.config.compute_dtype)
+
+  def _time_vector(self, time: Optional[Array], batch: int, length: int) -> Optional[Array]:
+    time = network.checked_time(self.config, time, batch, length)
     return (None if time is None
             else network.TimeEmbedding(self.config, name="time_embedding")(time))

@@ -1,6 +1,8 @@
 """The hybrid family through the command lines at toy size: ``train`` with
-``gin/hybrid_{epsilon,gamma}_tiny.gin``, ``infer`` with the hyperschedule / ACS / stagger
-options, and ``infer --mode=bound``."""
+``gin/hybrid_{epsilon,gamma,gamma_block}_tiny.gin`` (the last: per-token time conditioning,
+annealed training on a block hyperschedule with the settled cross-entropy), ``infer`` with the
+hyperschedule / ACS / stagger options (block sampling for both processes), and
+``infer --mode=bound``."""
 
 from __future__ import annotations
 
@@ -19,7 +21,13 @@ SHRINK = ["--gin.BATCH_SIZE=4", "--gin.SEQ_LEN=32", "--gin.train.show_progress=F
           "--gin.single_stack/network.NetworkConfig.num_encoder_layers=1",
           "--gin.single_stack/network.NetworkConfig.max_encoder_length=32"]
 OPTIONS = {"epsilon": "{'schedule': 'block', 'width': 8, 'num_levels': 3, 'eta': 0.05}",
-           "gamma": "{'num_levels': 6, 'exact_stagger': False}"}
+           "gamma": "{'num_levels': 6, 'exact_stagger': False}",
+           "gamma_block": "{'schedule': 'block', 'width': 8, 'num_levels': 4}"}
+#: Settings each run's sample records must show.
+SETTINGS = {"epsilon": {"schedule": "block", "num_levels": 3, "eta": 0.05},
+            "gamma": {"schedule": "flat", "num_levels": 6, "exact_stagger": False},
+            "gamma_block": {"schedule": "block", "width": 8, "num_levels": 4,
+                            "exact_stagger": True}}
 
 
 @pytest.mark.parametrize("kind", sorted(OPTIONS))
@@ -38,8 +46,7 @@ def test_hybrid_trains_samples_and_bounds(tmp_path: pathlib.Path, kind: str) -> 
   assert len(records) == 2 and all(len(r["token_ids"]) == 32 for r in records)
   assert all(r["text"].startswith("To be, or not") for r in records)
   settings = records[0]["settings"]
-  assert settings["num_levels"] == (3 if kind == "epsilon" else 6)
-  assert settings["eta" if kind == "epsilon" else "exact_stagger"] in (0.05, False)
+  assert {name: settings[name] for name in SETTINGS[kind]} == SETTINGS[kind]
   bound = run(cli("glauber_jax.infer", *shrink, f"--checkpoint={model_dir}", "--mode=bound",
                   "--gin.infer.batch_size=2", "--gin.infer.num_eval_batches=1"))
   assert bound.returncode == 0, bound.stderr[-3000:]

@@ -161,6 +161,18 @@ def token_cross_entropy(log_probs: Array, tokens: Array) -> Array:
   return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
 
 
+def settled_cross_entropy(log_probs: Array, tokens: Array, settled: Array,
+                          block_weights: Array) -> Array:
+  """Eq. 10's settled-token term per row ``[B]``: the mean over the row's settled positions of
+  eq. 11's ``block_weights [L]`` times ``-log p(tokens)`` (0 for a row with none settled).
+
+  ``log_probs [B, L, V]``, ``tokens`` and ``settled`` (bool) ``[B, L]``. The mean divides by
+  the number of settled positions, as the reference code does."""
+  terms = jnp.where(settled, block_weights * token_cross_entropy(log_probs, tokens), 0.0)
+  count = jnp.sum(settled, axis=-1).astype(jnp.float32)
+  return jnp.sum(terms, axis=-1) / jnp.maximum(count, 1.0)
+
+
 def scale_by_sigma(raw: Array, sigma: Array, num_real: int) -> Array:
   """The gamma network's log-scores: ``raw - log(expm1(sigma)) - log N`` (``sigma [...]``
   broadcast over the last axis)."""

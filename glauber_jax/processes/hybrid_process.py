@@ -11,8 +11,11 @@ and the real tokens are the denoiser's ``allowed_tokens``. The denoiser is
   over a training hyperschedule); ancestral sampling over any hyperschedule with ACS (``eta``).
 - ``GammaHybridProcess``: the CTMC ``(1 - gamma) Q_A + gamma Q_U`` at log-linear noise; the
   time-conditioned network's outputs are log concrete scores (``scale_by_sigma``); diffusion-
-  weighted score entropy (exact, or the reference's approximation); analytic tau-leaping.
-  Flat schedules only: the single stack takes one time per sequence, not per position.
+  weighted score entropy (exact, or the reference's approximation), plus eq. 10-11's settled-
+  token cross-entropy when trained on a hyperschedule (``annealed``); analytic tau-leaping.
+  Block and slide schedules (training and sampling) need a network that reads one time per
+  position (``NetworkConfig.time_per_token``); eq. 12's weighted embedding is the network's
+  ``NetworkConfig.weighted_mask_embedding``.
 
 Bounds: the epsilon process's is MDLM's Monte-Carlo estimator (what the reference evaluates
 both families with), valid for its ancestral sampler without ACS in continuous time; the gamma
@@ -126,6 +129,11 @@ class _HybridProcess(base.Process):
 
   def metadata(self) -> dict[str, Any]:
     return {**super().metadata(), "schedule": self.schedule, "num_levels": self.num_levels}
+
+
+def _network_option(denoiser: Any, name: str) -> bool:
+  """A boolean ``NetworkConfig`` option of the denoiser's network (False without a network)."""
+  return bool(getattr(getattr(denoiser, "network_config", None), name, False))
 
 
 def _allowed_log_probs(logits: Array, allowed: Array, mask_id: int) -> Array:
@@ -354,18 +362,32 @@ class EpsilonHybridProcess(_HybridProcess):
 
 @gin.configurable
 class GammaHybridProcess(_HybridProcess):
-  """The gamma-hybrid CTMC (SEDD style) with score entropy and tau-leaping (flat schedules).
+  """The gamma-hybrid CTMC (SEDD style) with score entropy and tau-leaping over hyperschedules.
 
   Attributes:
     seq_len: ``L``.
     gamma: the uniform share of the rates.
-    time_epsilon: training draws ``t`` from ``(time_epsilon, 1]``.
+    time_epsilon: flat training draws ``t`` from ``(time_epsilon, 1]``.
     score_entropy: ``"exact"`` or ``"reference"`` (the code's approximation) in the loss.
+    annealed: train on a random call of ``train_schedule`` per row (the reference's annealed
+      training): every position is noised at its own time (settled ``1e-4``, idle ``1 -
+      1e-4``), the score entropy counts the active positions (weight 1) and the idle ones
+      (``idle_weight``), and the settled ones get eq. 10-11's cross-entropy. Needs
+      ``NetworkConfig.time_per_token``. False: flat training at one time per row.
+    train_schedule, train_width, train_levels: the hyperschedule of annealed training.
+    idle_weight: the score entropy's weight at idle positions (the reference's 0.001).
+    settled_weight: ``beta_1`` of eq. 10 (the reference's ``ce_loss_weight``, 1): each row
+      adds ``beta_1`` times the mean over its settled positions of eq. 11's block weight
+      (``(i // w) / (ceil(L / w) - 1)`` over the whole sequence as the paper writes it; the
+      reference code applies it to the settled prefix's length) times the cross-entropy of the
+      clean token (softmax of the log-scores over the real tokens), beside its summed
+      diffusion term (``beta_2 = 1``): the reference's relative scales.
     exact_stagger: the sampler's default staggered scores (False: the reference's).
     prior_sigma: the prior is the reference's limit at this noise (``hybrid.gamma_prior``).
     bound: ``"sedd"`` or ``"mdlm"`` (see the module docstring).
     bound_time: the time the network sees in the ``"mdlm"`` bound (the reference's 1e-3).
-    num_levels: the sampler's default number of calls.
+    schedule, width, num_levels: the sampler's default hyperschedule (flat: ``num_levels``
+      calls).
     num_score_samples: bound draws averaged by ``score``.
   """
 
@@ -374,39 +396,83 @@ class GammaHybridProcess(_HybridProcess):
 
   def __init__(self, seq_len: int = gin.REQUIRED, gamma: float = 0.01,
                time_epsilon: float = 1e-3, score_entropy: str = "exact",
+               annealed: bool = False, train_schedule: str = "block",
+               train_width: Optional[int] = None, train_levels: int = 16,
+               idle_weight: float = 1e-3, settled_weight: float = 1.0,
                exact_stagger: bool = True, prior_sigma: float = 4.0, bound: str = "sedd",
-               bound_time: float = 1e-3, num_levels: int = 128,
-               num_score_samples: int = 1) -> None:
-    super().__init__(seq_len, time_epsilon, "flat", None, num_levels, num_score_samples)
+               bound_time: float = 1e-3, schedule: str = "flat", width: Optional[int] = None,
+               num_levels: int = 128, num_score_samples: int = 1) -> None:
+    super().__init__(seq_len, time_epsilon, schedule, width, num_levels, num_score_samples)
     if not 0.0 <= gamma < 1.0 or score_entropy not in ("exact", "reference") or bound not in (
         "sedd", "mdlm"):
       raise ValueError(f"need gamma in [0, 1), score_entropy 'exact'|'reference' and bound "
                        f"'sedd'|'mdlm', got {gamma}, {score_entropy!r}, {bound!r}.")
+    if idle_weight < 0 or settled_weight < 0:
+      raise ValueError(f"idle_weight ({idle_weight}) and settled_weight ({settled_weight}) "
+                       "must be non-negative.")
     self.gamma, self.score_entropy, self.exact_stagger = gamma, score_entropy, exact_stagger
     self.prior_sigma, self.bound, self.bound_time = prior_sigma, bound, bound_time
+    self.annealed, self.idle_weight, self.settled_weight = annealed, idle_weight, settled_weight
+    self.train_schedule = (hyperschedules.make(train_schedule, seq_len, train_levels,
+                                               train_width) if annealed else None)
+
+  def check_denoiser(self, denoiser: Any) -> None:
+    super().check_denoiser(denoiser)
+    if self.annealed:
+      self._check_per_token(denoiser, f"annealed training on a {self.train_schedule.kind!r} "
+                            "hyperschedule")
+
+  def _check_per_token(self, denoiser: Any, what: str) -> None:
+    """ValueError unless the denoiser's network reads one time per position."""
+    if not _network_option(denoiser, "time_per_token"):
+      raise ValueError(f"the gamma-hybrid's {what} gives each position its own time: it needs "
+                       "NetworkConfig.time_per_token = True (per-token time conditioning).")
 
   def log_score_fn(self, denoiser: Any, params: Params, dropout_rng: Optional[Array] = None):
-    """``(noisy, times [B, L]) -> log-scores``; the network sees the row's first time."""
+    """``(noisy, times [B, L]) -> log-scores``. A per-token network
+    (``NetworkConfig.time_per_token``) sees every position's time, a per-sequence one the row's
+    first; with ``NetworkConfig.weighted_mask_embedding`` the network also gets eq. 12's
+    weights ``1 - exp(-gamma sigma(t))`` at the positions' times."""
     num_real = int(denoiser.allowed_tokens.sum())
-    return lambda noisy, times: hybrid.scale_by_sigma(
-        denoiser.logits(params, noisy, times[:, 0], dropout_rng),
-        hybrid.log_linear_sigma(times), num_real)
+    per_token = _network_option(denoiser, "time_per_token")
+    weighted = _network_option(denoiser, "weighted_mask_embedding")
+
+    def log_scores(noisy: Array, times: Array) -> Array:
+      sigma = hybrid.log_linear_sigma(times)
+      embedding = ({"mask_weight": hybrid.mask_embedding_weight(sigma, self.gamma)}
+                   if weighted else {})
+      raw = denoiser.logits(params, noisy, times if per_token else times[:, 0], dropout_rng,
+                            **embedding)
+      return hybrid.scale_by_sigma(raw, sigma, num_real)
+
+    return log_scores
 
   def forward(self, denoiser: Any, params: Params, state: Any, data: Array, step: Array,
               rng: Array) -> tuple[Batch, Any]:
-    """``x_t`` at stratified times in ``(time_epsilon, 1]``."""
+    """Flat: ``x_t`` at stratified times in ``(time_epsilon, 1]``; annealed: every position at
+    its time of a random call of the training schedule."""
     del params, step
     time_rng, noise_rng = jax.random.split(rng)
-    times = absorbing.stratified_times(time_rng, data.shape[0], self.time_epsilon)
-    levels = self.noise_levels(times)
+    if self.train_schedule is None:
+      times = absorbing.stratified_times(time_rng, data.shape[0], self.time_epsilon)
+      levels = self.noise_levels(times)
+      active = jnp.ones(data.shape, bool)
+      settled = jnp.zeros(data.shape, bool)
+    else:
+      tables = self.train_schedule.tables()
+      call = jax.random.randint(time_rng, (data.shape[0],), 0, self.train_schedule.num_calls)
+      times = call.astype(jnp.float32)
+      levels = jnp.asarray(tables["times"])[call]
+      active = jnp.asarray(tables["active"])[call]
+      settled = jnp.asarray(tables["settled"])[call]
     noisy = hybrid.gamma_forward(noise_rng, data, hybrid.log_linear_sigma(levels), self.gamma,
                                  jnp.asarray(denoiser.allowed_tokens), denoiser.special_ids.mask)
-    return {"targets": data, "noisy": noisy, "times": times, "levels": levels}, state
+    return {"targets": data, "noisy": noisy, "times": times, "levels": levels,
+            "active": active, "settled": settled}, state
 
-  def _weighted_entropy(self, denoiser: Any, params: Params, noisy: Array, tokens: Array,
-                        levels: Array, rng: Optional[Array], kind: str) -> Array:
+  def _weighted_entropy(self, denoiser: Any, log_scores: Array, noisy: Array, tokens: Array,
+                        levels: Array, kind: str) -> Array:
     """``sigma'(t) DSE`` per position ``[B, L]``."""
-    log_scores = self.log_score_fn(denoiser, params, rng)(noisy, levels)
     function = (hybrid.gamma_score_entropy if kind == "exact"
                 else hybrid.gamma_score_entropy_reference)
     entropy = function(log_scores, noisy, tokens, hybrid.log_linear_sigma(levels), self.gamma,
@@ -415,11 +481,26 @@ class GammaHybridProcess(_HybridProcess):
 
   def loss(self, denoiser: Any, params: Params, batch: Batch, rng: Optional[Array]
            ) -> tuple[Array, dict[str, Array]]:
-    """Summed diffusion-weighted score entropy; ``weight_sum`` counts tokens."""
-    loss = jnp.sum(self._weighted_entropy(denoiser, params, batch["noisy"], batch["targets"],
-                                          batch["levels"], rng, self.score_entropy))
-    masked = batch["noisy"] == denoiser.special_ids.mask
+    """Eq. 10 summed over rows: the diffusion-weighted score entropy at the active positions
+    (and ``idle_weight`` times it at idle ones) plus ``settled_weight`` times each row's
+    block-weighted settled cross-entropy (``settled_ce_sum``); ``weight_sum`` counts tokens."""
+    mask_id = denoiser.special_ids.mask
+    log_scores = self.log_score_fn(denoiser, params, rng)(batch["noisy"], batch["levels"])
+    entropy = self._weighted_entropy(denoiser, log_scores, batch["noisy"], batch["targets"],
+                                     batch["levels"], self.score_entropy)
+    settled = batch["settled"]
+    position_weights = jnp.where(batch["active"], 1.0,
+                                 jnp.where(settled, 0.0, self.idle_weight))
+    diffusion = jnp.sum(position_weights * entropy)
+    block_weights = hyperschedules.block_weighting(
+        self.seq_len, self.seq_len if self.train_schedule is None else self.train_schedule.width)
+    settled_ce = jnp.sum(hybrid.settled_cross_entropy(
+        _allowed_log_probs(log_scores, denoiser.allowed_tokens, mask_id), batch["targets"],
+        settled, block_weights))
+    loss = diffusion + self.settled_weight * settled_ce
+    masked = batch["noisy"] == mask_id
     return loss, {"loss_sum": loss, "masked_sum": jnp.sum(masked.astype(jnp.float32)),
+                  "settled_ce_sum": settled_ce,
                   "weight_sum": jnp.asarray(batch["targets"].size, jnp.float32)}
 
   def prior_probs(self, denoiser: Any) -> Array:
@@ -444,7 +525,8 @@ class GammaHybridProcess(_HybridProcess):
     levels = self.noise_levels(absorbing.stratified_times(time_rng, tokens.shape[0]))
     noisy = hybrid.gamma_forward(noise_rng, tokens, hybrid.log_linear_sigma(levels), self.gamma,
                                  real, mask_id)
-    entropy = self._weighted_entropy(denoiser, params, noisy, tokens, levels, None, "exact")
+    entropy = self._weighted_entropy(denoiser, self.log_score_fn(denoiser, params)(
+        noisy, levels), noisy, tokens, levels, "exact")
     last = hybrid.gamma_marginal(tokens, hybrid.log_linear_sigma(jnp.ones(tokens.shape)),
                                  self.gamma, real, mask_id)
     prior = self.prior_probs(denoiser)
@@ -454,9 +536,9 @@ class GammaHybridProcess(_HybridProcess):
 
   def sampler_options(self, options: sampling.SamplerOptions) -> HybridSamplerOptions:
     options = super().sampler_options(options)
-    if options.schedule != "flat":
-      raise ValueError("the gamma-hybrid sampler needs per-position time conditioning for a "
-                       f"{options.schedule!r} schedule, which the single stack lacks: flat only.")
+    if options.attention not in (None, "full"):
+      raise ValueError("the gamma-hybrid sampler attends fully (attention 'full'), got "
+                       f"{options.attention!r}.")
     if options.eta is not None or (options.temperature, options.top_k, options.top_p) != (
         1.0, 0, 1.0):
       raise ValueError("tau-leaping takes no eta, temperature, top_k or top_p.")
@@ -466,8 +548,12 @@ class GammaHybridProcess(_HybridProcess):
   def sample(self, denoiser: Any, params: Params, rng: Array, batch_size: int,
              prefix: Optional[Array], options: sampling.SamplerOptions,
              inference_state: Mapping[str, Params]) -> sampling.Samples:
-    """Tau-leaping from the prior over a flat schedule in one scan; the prefix is frozen."""
+    """Tau-leaping from the prior over the options' hyperschedule in one scan, full attention
+    (settled positions at time ``1e-4``, idle ones hold their prior draws at ``1 - 1e-4``); the
+    prefix is frozen. Schedules other than flat need ``NetworkConfig.time_per_token``."""
     del inference_state
+    if options.schedule != "flat":
+      self._check_per_token(denoiser, f"{options.schedule!r} sampling schedule")
     prefix = sampling.checked_prefix(prefix, batch_size, self.seq_len)
     prior_rng, sample_rng = jax.random.split(rng)
     start = hybrid.draw(prior_rng, jnp.broadcast_to(
