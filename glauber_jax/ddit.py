@@ -22,8 +22,9 @@ per sequence) or ``[B, L]`` (per token).
 
 ``DDiTDenoiser`` puts the network behind the interface of
 ``denoiser_networks.SingleStackDenoiser`` for the hybrid processes (``logits``,
-``masked_logits``; no KV-cached ``block_logits`` yet). For the gamma-hybrid it feeds the network
-the total noise ``sigma(t)`` of the log-linear schedule, as the reference does, not ``t``.
+``masked_logits`` and the KV-cached ``block_logits`` of block hyperschedules). For the
+gamma-hybrid it feeds the network the total noise ``sigma(t)`` of the log-linear schedule, as
+the reference does, not ``t``.
 """
 
 from __future__ import annotations
@@ -163,6 +164,18 @@ class DDiTBlock(nn.Module):
 
   config: DDiTConfig
   deterministic: bool
+  decode: bool = False
+
+  def _cache_append(self, key: Array, value: Array, start: Array) -> tuple[Array, Array]:
+    """Writes ``key/value [B, w, H, D]`` at ``start`` of the ``max_length`` KV cache; returns
+    the whole cache."""
+    shape = (key.shape[0], self.config.max_length) + key.shape[2:]
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
+                                                      (0, start, 0, 0))
+    return cached_key.value, cached_value.value
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Optional[Array],
@@ -184,7 +197,10 @@ class DDiTBlock(nn.Module):
                      qkv.astype(cfg.compute_dtype))
     query = network.apply_rope(qkv[0], positions, cfg.rope_max_wavelength)
     key = network.apply_rope(qkv[1], positions, cfg.rope_max_wavelength)
-    attended = jax.nn.dot_product_attention(query, key, qkv[2], mask=mask)
+    value = qkv[2]
+    if self.decode:
+      key, value = self._cache_append(key, value, positions[0])
+    attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
     attended = attended.reshape(batch, length, cfg.hidden_size)
     attended = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "attention_out",
                       use_bias=False)(attended)
@@ -205,19 +221,22 @@ class DDiT(nn.Module):
 
   ``time`` (time conditioning only, None otherwise): ``[B]`` or ``[B, L]`` noise levels.
   ``attention_mask``: optional bool ``[L, L]`` or ``[B, L, L]``, True where a query may attend
-  to a key (a hyperschedule's mask); full bidirectional attention without.
+  to a key (a hyperschedule's mask); full bidirectional attention without. ``decode=True`` (the
+  ``cache`` collection mutable) decodes blocks with a KV cache: ``tokens [B, w]`` are placed
+  after the cached positions and attend to them and to each other (the block-causal mask of a
+  block hyperschedule); keep the mutated cache to commit the block.
   """
 
   config: DDiTConfig
 
   @nn.compact
   def __call__(self, tokens: Array, time: Optional[Array] = None, enable_dropout: bool = False,
-               attention_mask: Optional[Array] = None) -> Array:
+               attention_mask: Optional[Array] = None, decode: bool = False) -> Array:
     cfg = self.config
     batch, length = tokens.shape
-    if length > cfg.max_length:
-      raise errors.ConfigError(f"tokens have length {length}, longer than the model's maximum "
-                               f"{cfg.max_length} (DDiTConfig.max_length).")
+    if length > cfg.max_length or (decode and attention_mask is not None):
+      raise errors.ConfigError(f"tokens have length {length} (at most DDiTConfig.max_length = "
+                               f"{cfg.max_length}); decoding takes no attention_mask.")
     if (time is None) == cfg.time_conditioning:
       raise ValueError(f"DDiTConfig.time_conditioning={cfg.time_conditioning}: pass time "
                        "[B] or [B, L] exactly when it is set.")
@@ -226,17 +245,25 @@ class DDiT(nn.Module):
       time = jnp.asarray(time, jnp.float32)
       time = jnp.broadcast_to(time[:, None] if time.ndim == 1 else time, (batch, length))
       cond = TimestepEmbedder(cfg, name="time_embedding")(time)
-    mask = (None if attention_mask is None
-            else jnp.broadcast_to(attention_mask, (batch, length, length))[:, None])
+    if decode:
+      index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+      start = index.value
+      index.value = start + length
+      positions = start + jnp.arange(length)
+      mask = (jnp.arange(cfg.max_length) < start + length)[None, None, None, :]
+    else:
+      positions = jnp.arange(length)
+      mask = (None if attention_mask is None
+              else jnp.broadcast_to(attention_mask, (batch, length, length))[:, None])
     embedding = self.param(
         "token_embedder", network.param_init(
             nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=-1,
                                              out_axis=-2), ("vocab", "embed")),
         (cfg.vocab_size, cfg.hidden_size), cfg.weight_dtype)
     x = jnp.take(embedding, tokens, axis=0).astype(jnp.float32)
-    positions = jnp.arange(length)
     for i in range(cfg.num_blocks):
-      x = DDiTBlock(cfg, not enable_dropout, name=f"blocks_{i}")(x, positions, mask, cond)
+      x = DDiTBlock(cfg, not enable_dropout, decode, name=f"blocks_{i}")(x, positions, mask,
+                                                                          cond)
     x = LayerNorm(cfg, name="final_norm")(x)
     logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "output", zero=True)(x)
     return network.constrain(logits.astype(jnp.float32),
@@ -317,3 +344,13 @@ class DDiTDenoiser:
     """Float32 logits ``[B, L, V]`` under ``attention_mask`` (bool ``[L, L]``; no time
     input)."""
     return self.module.apply({"params": params}, noisy, None, attention_mask=attention_mask)
+
+  def block_logits(self, params: Params, cache: Optional[dict[str, Any]], block: Array
+                   ) -> tuple[Array, dict[str, Any]]:
+    """Block decoding with the KV cache (no time input): float32 logits ``[B, w, V]`` of
+    ``block [B, w]`` placed after the cached positions, attending to them and to each other,
+    and the cache with the block appended (keep it to commit the block, drop it to evaluate the
+    block again). ``cache`` None: an empty one."""
+    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+    logits, mutated = self.module.apply(variables, block, None, decode=True, mutable=["cache"])
+    return logits, mutated["cache"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from glauber_jax import ddit, sampling
-from glauber_jax.processes import hybrid_process
+from glauber_jax.processes import hybrid_process, hyperschedules
 from test_glauber_end_to_end import VOCAB
 
 SEQ_LEN = 8
@@ -72,6 +72,25 @@ def test_epsilon_masked_logits_with_a_full_mask_are_the_logits() -> None:
                              denoiser.logits(params, noisy, jnp.zeros((2,))), atol=1e-5)
 
 
+def test_cached_block_logits_equal_the_masked_forward() -> None:
+  """Test 7 for the DDiT: block decoding with the KV cache gives the logits of the uncached
+  forward under a block schedule's block-causal mask (float32, 1e-5)."""
+  denoiser = ddit.DDiTDenoiser(TINY, VOCAB)
+  params = denoiser.init_variables(jax.random.PRNGKey(0), 2, SEQ_LEN)["params"]
+  params = jax.tree_util.tree_map(lambda leaf: leaf + 0.05, params)  # Nonzero output layer.
+  width = 4
+  schedule = hyperschedules.make("block", SEQ_LEN, 1, width=width)
+  tokens = _noisy(2)
+  block_logits = jax.jit(denoiser.block_logits)
+  cache = None
+  for block in range(SEQ_LEN // width):
+    lo, hi = block * width, (block + 1) * width
+    cached, cache = block_logits(params, cache, tokens[:, lo:hi])
+    mask = jnp.asarray(schedule.attention_mask(block + 1, "block_causal"))
+    full = denoiser.masked_logits(params, tokens, mask)
+    np.testing.assert_allclose(cached, full[:, lo:hi], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kind", ["epsilon", "gamma"])
 def test_ddit_drives_the_hybrid_processes(kind: str) -> None:
   """Training batch, loss with its gradient, one bound draw and a flat sample of the toy DDiT."""
@@ -93,6 +112,13 @@ def test_ddit_drives_the_hybrid_processes(kind: str) -> None:
   assert samples.final.shape == (2, SEQ_LEN)
   np.testing.assert_array_equal(samples.final[:, :2], data[:, :2])
   assert bool(jnp.all(jnp.asarray(denoiser.allowed_tokens)[samples.final]))
+  if not gamma:  # Block sampling with and without the KV cache draws the same samples.
+    drawn = [process.sample(denoiser, params, jax.random.PRNGKey(6), 2, data[:, :2],
+                            process.sampler_options(hybrid_process.HybridSamplerOptions(
+                                schedule="block", width=4, num_levels=2, eta=0.2,
+                                attention=attention)), {}).final
+             for attention in ("schedule", "cached")]
+    np.testing.assert_array_equal(*drawn)
 
 
 @pytest.mark.parametrize("kind, expected", [("epsilon", 162_513_920), ("gamma", 169_696_512)])
