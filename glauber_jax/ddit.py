@@ -153,7 +153,7 @@ class TimestepEmbedder(nn.Module):
     sinusoid = network.timestep_embedding(time.reshape(-1), cfg.frequency_dim)
     hidden = _dense(cfg, cfg.cond_dim, ("time_embed", "time_mlp"), "dense_0",
                     dtype=jnp.float32)(sinusoid.reshape(*time.shape, cfg.frequency_dim))
-    hidden = _dense(cfg, cfg.cond_dim, ("time_mlp", "time_mlp"), "dense_1",
+    hidden = _dense(cfg, cfg.cond_dim, ("time_embed", "time_mlp"), "dense_1",
                     dtype=jnp.float32)(nn.silu(hidden))
     return nn.silu(hidden)
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glauber_jax import ddit, sampling
+from glauber_jax import ddit, partitioning, sampling
 from glauber_jax.processes import hybrid_process, hyperschedules
 from test_glauber_end_to_end import VOCAB
 
@@ -32,6 +33,17 @@ def test_reference_parameter_counts(time_conditioning: bool, expected: int) -> N
   38,648,402. Gamma adds the TimestepEmbedder (49,408) and 12 adaLN with bias (594,432 each)."""
   config = ddit.DDiTConfig(time_conditioning=time_conditioning)
   assert ddit.parameter_count(config) == expected
+
+
+def test_every_parameter_maps_to_the_mesh() -> None:
+  """The logical axis names of every parameter resolve under the partitioner's rules (no name
+  twice in one array), as ``train`` needs."""
+  config = ddit.DDiTConfig(time_conditioning=True, num_blocks=1)
+  shapes = jax.eval_shape(lambda: ddit.DDiT(config).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1,), jnp.float32)))
+  specs = nn.logical_to_mesh(nn.get_partition_spec(shapes["params"]),
+                             partitioning.LOGICAL_AXIS_RULES)
+  assert tuple(specs["token_embedder"]) == ("tensor", "fsdp")  # ("vocab", "embed")
 
 
 def _noisy(seed: int = 0) -> jax.Array:
