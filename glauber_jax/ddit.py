@@ -24,7 +24,8 @@ per sequence) or ``[B, L]`` (per token).
 ``denoiser_networks.SingleStackDenoiser`` for the hybrid processes (``logits``,
 ``masked_logits`` and the KV-cached ``block_logits`` of block hyperschedules). For the
 gamma-hybrid it feeds the network the total noise ``sigma(t)`` of the log-linear schedule, as
-the reference does, not ``t``.
+the reference does, not ``t``, and optionally mixes the MASK embedding into every token's
+(eq. 12's weighted embedding, parameter-free).
 """
 
 from __future__ import annotations
@@ -224,14 +225,17 @@ class DDiT(nn.Module):
   to a key (a hyperschedule's mask); full bidirectional attention without. ``decode=True`` (the
   ``cache`` collection mutable) decodes blocks with a KV cache: ``tokens [B, w]`` are placed
   after the cached positions and attend to them and to each other (the block-causal mask of a
-  block hyperschedule); keep the mutated cache to commit the block.
+  block hyperschedule); keep the mutated cache to commit the block. ``mask_weight`` (``[B]`` or
+  ``[B, L]``, optional): eq. 12's weighted embedding, ``(1 - w) f(x) + w f(mask_id)`` at every
+  position.
   """
 
   config: DDiTConfig
 
   @nn.compact
   def __call__(self, tokens: Array, time: Optional[Array] = None, enable_dropout: bool = False,
-               attention_mask: Optional[Array] = None, decode: bool = False) -> Array:
+               attention_mask: Optional[Array] = None, decode: bool = False,
+               mask_weight: Optional[Array] = None, mask_id: int = 0) -> Array:
     cfg = self.config
     batch, length = tokens.shape
     if length > cfg.max_length or (decode and attention_mask is not None):
@@ -261,6 +265,11 @@ class DDiT(nn.Module):
                                              out_axis=-2), ("vocab", "embed")),
         (cfg.vocab_size, cfg.hidden_size), cfg.weight_dtype)
     x = jnp.take(embedding, tokens, axis=0).astype(jnp.float32)
+    if mask_weight is not None:
+      weight = jnp.asarray(mask_weight, jnp.float32)
+      weight = jnp.broadcast_to(weight[:, None] if weight.ndim == 1 else weight,
+                                (batch, length))[..., None]
+      x = (1 - weight) * x + weight * embedding[mask_id].astype(jnp.float32)
     for i in range(cfg.num_blocks):
       x = DDiTBlock(cfg, not enable_dropout, decode, name=f"blocks_{i}")(x, positions, mask,
                                                                           cond)
@@ -287,12 +296,18 @@ class DDiTDenoiser:
     vocabulary: the task's vocabulary.
     sigma_conditioning: feed the network the log-linear total noise ``sigma(t)`` (the
       reference's input) instead of the process's time ``t``.
+    weighted_embedding_gamma: the gamma-hybrid's ``gamma`` for eq. 12's weighted embedding
+      (``hybrid.mask_embedding_weight`` at each position's ``sigma``); None: plain embedding.
   """
 
   def __init__(self, network_config: DDiTConfig = gin.REQUIRED,
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED,
-               sigma_conditioning: bool = True) -> None:
+               sigma_conditioning: bool = True,
+               weighted_embedding_gamma: Optional[float] = None) -> None:
     network_config.check_vocabulary(vocabulary)
+    if weighted_embedding_gamma is not None and not network_config.time_conditioning:
+      raise ValueError("the weighted embedding needs DDiTConfig.time_conditioning (sigma).")
+    self.weighted_embedding_gamma = weighted_embedding_gamma
     self.network_config = network_config
     self.module = DDiT(network_config)
     self.vocabulary = vocabulary
@@ -306,15 +321,22 @@ class DDiTDenoiser:
   def max_length(self) -> int:
     return self.network_config.max_length
 
-  def _time(self, times: Array) -> Optional[Array]:
+  def _time_inputs(self, times: Array) -> dict[str, Any]:
+    """The network's ``time`` (and ``mask_weight``) at the process's ``times``."""
     if not self.network_config.time_conditioning:
-      return None
+      return {"time": None}
     times = jnp.asarray(times, jnp.float32)
-    return hybrid.log_linear_sigma(times) if self.sigma_conditioning else times
+    sigma = hybrid.log_linear_sigma(times)
+    inputs = {"time": sigma if self.sigma_conditioning else times}
+    if self.weighted_embedding_gamma is not None:
+      inputs.update(mask_weight=hybrid.mask_embedding_weight(sigma,
+                                                             self.weighted_embedding_gamma),
+                    mask_id=self.special_ids.mask)
+    return inputs
 
   def init_variables(self, rng: Array, batch_size: int, seq_len: int) -> dict[str, Any]:
     return self.module.init(rng, jnp.ones((batch_size, seq_len), jnp.int32),
-                            self._time(jnp.ones((batch_size,), jnp.float32)))
+                            **self._time_inputs(jnp.ones((batch_size,), jnp.float32)))
 
   def training_flops(self, input_length: int, output_length: int) -> float:
     """6 x matmul parameters x tokens plus attention (the library's convention)."""
@@ -336,7 +358,7 @@ class DDiTDenoiser:
              dropout_rng: Optional[Array] = None) -> Array:
     """Float32 logits ``[B, L, V]`` of ``noisy [B, L]`` at ``times`` (``[B]`` or ``[B, L]``;
     unused without time conditioning)."""
-    return self.module.apply({"params": params}, noisy, self._time(times),
+    return self.module.apply({"params": params}, noisy, **self._time_inputs(times),
                              enable_dropout=dropout_rng is not None,
                              rngs=None if dropout_rng is None else {"dropout": dropout_rng})
 

@@ -74,6 +74,26 @@ def test_gamma_network_conditions_per_token() -> None:
   assert float(jnp.max(jnp.abs(moved - per_row))) > 1e-3
 
 
+def test_weighted_embedding_mixes_in_the_mask_embedding() -> None:
+  """Eq. 12 (test 17 in the network): weight 0 is the plain embedding, weight 1 reads every
+  position as MASK; the denoiser's weight grows with each position's sigma."""
+  config = dataclasses.replace(TINY, time_conditioning=True)
+  module = ddit.DDiT(config)
+  noisy, mask_id = _noisy(3), VOCAB.sentinel_id(0)
+  time = jnp.array([0.5, 2.0])
+  params = module.init(jax.random.PRNGKey(0), noisy, time)["params"]
+  params = jax.tree_util.tree_map(lambda leaf: leaf + 0.05, params)
+  apply = jax.jit(lambda tokens, weight: module.apply({"params": params}, tokens, time,
+                                                      mask_weight=weight, mask_id=mask_id))
+  np.testing.assert_allclose(apply(noisy, jnp.zeros(2)),
+                             module.apply({"params": params}, noisy, time), atol=1e-5)
+  np.testing.assert_allclose(apply(noisy, jnp.ones((2, SEQ_LEN))),
+                             apply(jnp.full_like(noisy, mask_id), jnp.zeros(2)), atol=1e-5)
+  denoiser = ddit.DDiTDenoiser(config, VOCAB, weighted_embedding_gamma=0.5)
+  weight = denoiser._time_inputs(jnp.array([[0.0, 0.5, 0.99]]))["mask_weight"]
+  assert float(weight[0, 0]) == 0.0 and 0 < float(weight[0, 1]) < float(weight[0, 2]) < 1
+
+
 def test_epsilon_masked_logits_with_a_full_mask_are_the_logits() -> None:
   denoiser = ddit.DDiTDenoiser(TINY, VOCAB)
   params = denoiser.init_variables(jax.random.PRNGKey(0), 2, SEQ_LEN)["params"]
@@ -148,6 +168,7 @@ def test_medium_gin_files_build_the_reference_shape(kind: str, expected: int) ->
   assert isinstance(denoiser, ddit.DDiTDenoiser)
   assert denoiser.network_config.time_conditioning == (kind == "gamma")
   assert denoiser.network_config.max_length == 1024
+  assert denoiser.weighted_embedding_gamma == (0.01 if kind == "gamma" else None)
   assert ddit.parameter_count(denoiser.network_config) == expected
   assert expected - ddit.parameter_count(dataclasses.replace(
       denoiser.network_config, vocab_size=50258)) == 174 * (2 * 768 + 1)
