@@ -20,12 +20,14 @@ import numpy as np
 import optax
 import pytest
 
-from glauber_jax import baselines, models, network, vocabularies
+from glauber_jax import baselines, denoiser_networks, models, network, vocabularies
+from glauber_jax.processes import hybrid_process
 from glauber_jax.zero_shot import detokenizers, readers, scoring
 import helpers
+import test_hybrid_process
 from test_glauber_end_to_end import L, LETTER_IDS, VOCAB, neighbour_states
 from test_process_contract import (P_DATA, STATES, AbsorbingTables, GlauberTables,
-                                   absorbing_toy, glauber_toy, state_index)
+                                   absorbing_toy, epsilon_hybrid_toy, glauber_toy, state_index)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "zero_shot")
 CHOICE_FILES = {"winogrande": "winogrande/dev.jsonl", "piqa": "piqa/valid.jsonl",
@@ -176,8 +178,11 @@ class AbsorbingTablesWithVocabulary(AbsorbingTables):
 
 
 def toy_scorer(family: str, perturbed: bool) -> tuple[scoring.Scorer, Any]:
-  """A ``Scorer`` on the family's toy (exact or perturbed tables) and the toy."""
-  toy = glauber_toy() if family == "glauber" else absorbing_toy()
+  """A ``Scorer`` on the family's toy (exact or perturbed tables) and the toy (the
+  epsilon-hybrid's uses the absorbing tables: its sampler never shuffles, so they are its exact
+  reverse model)."""
+  toy = {"glauber": glauber_toy, "absorbing": absorbing_toy,
+         "epsilon_hybrid": epsilon_hybrid_toy}[family]()
   denoiser = (GlauberTablesWithTokens() if family == "glauber"
               else AbsorbingTablesWithVocabulary())
   model = models.DiffusionModel(denoiser, toy.model.process)
@@ -225,7 +230,7 @@ def exact_conditional_log_likelihood(scorer: scoring.Scorer, family: str, toy: A
   return np.log(law) - np.log(totals[np.asarray(prefix)])
 
 
-@pytest.mark.parametrize("family", ["glauber", "absorbing"])
+@pytest.mark.parametrize("family", ["glauber", "absorbing", "epsilon_hybrid"])
 def test_diffusion_numbers_are_labelled_bounds_never_below_the_exact_value(family: str) -> None:
   scorer, toy = toy_scorer(family, perturbed=True)
   support = P_DATA > 0
@@ -250,20 +255,44 @@ def test_diffusion_numbers_are_labelled_bounds_never_below_the_exact_value(famil
   assert np.all(np.isfinite(bounds))
 
 
-def test_absorbing_conditional_bound_is_exact_in_expectation_for_the_exact_model() -> None:
-  scorer, toy = toy_scorer("absorbing", perturbed=False)
+@pytest.mark.parametrize("family", ["absorbing", "epsilon_hybrid"])
+def test_mdlm_conditional_bound_is_exact_in_expectation_for_the_exact_model(family: str) -> None:
+  scorer, toy = toy_scorer(family, perturbed=False)
   support = P_DATA > 0
   rows = np.tile(STATES[support], (512, 1))
   free = np.broadcast_to(np.arange(L) >= 1, rows.shape)
   bounds = np.asarray(scorer.model.conditional_likelihood_bound(
       scorer.params, jnp.asarray(rows), jnp.asarray(free), jax.random.PRNGKey(2), {}),
                       np.float64).reshape(512, -1).T
-  exact = exact_conditional_log_likelihood(scorer, "absorbing", toy, frozen_sites=1)[support]
+  exact = exact_conditional_log_likelihood(scorer, family, toy, frozen_sites=1)[support]
   se = bounds.std(axis=1) / np.sqrt(512)
   assert (np.abs(bounds.mean(axis=1) - exact) < 5 * se + 1e-3).all()
 
 
-@pytest.mark.parametrize("family", ["glauber", "mdlm"])
+def test_gamma_hybrid_conditional_bound_stays_below_the_data_conditional() -> None:
+  """The gamma-hybrid with its exact concrete-score tables (``test_hybrid_process``), first
+  site frozen: averaged over the data, the conditional SEDD bound is at most the data's
+  conditional log-likelihood (the model's conditional law is another law, so per state only
+  its average is ordered: Gibbs), and within the prior's KL of it."""
+  model = test_hybrid_process.gamma_model()
+  support = P_DATA > 1e-3  # The integrand is heavy-tailed on states of tiny probability.
+  rows = np.tile(STATES[support], (256, 1))
+  free = jnp.asarray(np.broadcast_to(np.arange(L) >= 1, rows.shape))
+  bounds = np.asarray(model.conditional_likelihood_bound(
+      test_hybrid_process.EXACT, jnp.asarray(rows), free, jax.random.PRNGKey(3)),
+                      np.float64).reshape(256, -1)
+  weights = P_DATA[support] / P_DATA[support].sum()
+  data_scorer, data_toy = toy_scorer("absorbing", perturbed=False)  # Its law is P_DATA.
+  exact = exact_conditional_log_likelihood(data_scorer, "absorbing", data_toy,
+                                           frozen_sites=1)[support]
+  weighted = bounds @ weights
+  se = weighted.std() / np.sqrt(len(weighted))
+  assert weighted.mean() < exact @ weights + 4 * se + 1e-3
+  assert weighted.mean() > exact @ weights - 0.5
+  assert np.all(np.isfinite(bounds))
+
+
+@pytest.mark.parametrize("family", ["glauber", "mdlm", "epsilon_hybrid", "gamma_hybrid"])
 def test_conditional_bound_with_every_site_free_is_the_bound(family: str) -> None:
   """On the real networks: nothing frozen gives ``likelihood_bound`` draw for draw."""
   vocab = vocabularies.ByteVocabulary()
@@ -273,8 +302,15 @@ def test_conditional_bound_with_every_site_free_is_the_bound(family: str) -> Non
         num_encoder_layers=1, num_decoder_layers=1, dtype="float32", max_encoder_length=8,
         max_decoder_length=6, time_conditioning=True, time_embed_dim=16)
     model = helpers.glauber_dit(config, vocab, 6, num_rounds=1)
-  else:
+  elif family == "mdlm":
     model = helpers.mdlm(dataclasses.replace(AR_NETWORK, vocab_size=vocab.vocab_size), vocab, 6)
+  else:
+    gamma = family == "gamma_hybrid"
+    config = dataclasses.replace(AR_NETWORK, vocab_size=vocab.vocab_size,
+                                 time_conditioning=gamma, time_embed_dim=16)
+    process = (hybrid_process.GammaHybridProcess(6) if gamma
+               else hybrid_process.EpsilonHybridProcess(6))
+    model = models.DiffusionModel(denoiser_networks.SingleStackDenoiser(config, vocab), process)
   params = nn.meta.unbox(model.get_initial_variables(
       jax.random.PRNGKey(0), model.input_shapes(2, {"targets": 6}))["params"])
   tokens = jnp.asarray(3 + np.random.default_rng(0).integers(97, 123, (4, 6)), jnp.int32)
@@ -335,7 +371,8 @@ def test_multiple_choice_picks_the_ending_made_likely_by_construction() -> None:
   assert len(examples) >= 4
   scorers = [scoring.Scorer("ar", *trained_causal_lm()),
              toy_scorer("glauber", perturbed=False)[0],
-             toy_scorer("absorbing", perturbed=False)[0]]
+             toy_scorer("absorbing", perturbed=False)[0],
+             toy_scorer("epsilon_hybrid", perturbed=False)[0]]
   for scorer in scorers:
     row = scoring.multiple_choice(scorer, examples, num_paths=8, batch_size=8, seed=0)
     assert row["acc"] == 1.0 and row["acc_norm"] == 1.0, scorer.name

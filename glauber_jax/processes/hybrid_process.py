@@ -21,7 +21,9 @@ Bounds: the epsilon process's is MDLM's Monte-Carlo estimator (what the referenc
 both families with), valid for its ancestral sampler without ACS in continuous time; the gamma
 process's is SEDD's (``bound = "sedd"``: the integrated exact score entropy plus the prior's KL,
 a bound for the continuous-time reverse CTMC) or the reference's MDLM estimator on the
-softmax of the scores (``bound = "mdlm"``).
+softmax of the scores (``bound = "mdlm"``). Both have the conditional form of zero-shot multiple
+choice (``conditional_likelihood_bound``): only the free positions are noised and counted, the
+others stay clean, as a frozen prompt in the samplers.
 """
 
 from __future__ import annotations
@@ -140,6 +142,18 @@ def _allowed_log_probs(logits: Array, allowed: Array, mask_id: int) -> Array:
   """float32 log-probabilities over the allowed ids but MASK."""
   allowed = jnp.asarray(allowed) & (jnp.arange(logits.shape[-1]) != mask_id)
   return jax.nn.log_softmax(jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf), axis=-1)
+
+
+def _mdlm_bound(denoiser: Any, logits_fn: Any, tokens: Array, rng: Array,
+                free: Optional[Array]) -> Array:
+  """MDLM's one-draw bound ``[B]`` on the log-likelihood of ``tokens`` (of its ``free``
+  positions given the others when given), with ``logits_fn(noisy, times [B, L])``'s clean-token
+  predictions restricted to the allowed ids."""
+  mask_id = denoiser.special_ids.mask
+  log_probs_fn = lambda noisy, times: _allowed_log_probs(
+      logits_fn(noisy, jnp.broadcast_to(times[:, None], noisy.shape)), denoiser.allowed_tokens,
+      mask_id)
+  return -absorbing.nelbo(rng, tokens, log_probs_fn, mask_id, free=free)
 
 
 @gin.configurable
@@ -298,10 +312,15 @@ class EpsilonHybridProcess(_HybridProcess):
                        inference_state: Mapping[str, Params]) -> Array:
     """MDLM's one-draw bound with the network's clean-token predictions (allowed ids)."""
     del inference_state
-    mask_id = denoiser.special_ids.mask
-    logits_fn = lambda noisy, times: _allowed_log_probs(
-        denoiser.logits(params, noisy, times), denoiser.allowed_tokens, mask_id)
-    return -absorbing.nelbo(rng, tokens, logits_fn, mask_id)
+    return _mdlm_bound(denoiser, self.logits_fn(denoiser, params), tokens, rng, None)
+
+  def conditional_likelihood_bound(self, denoiser: Any, params: Params, tokens: Array,
+                                   free: Array, rng: Array,
+                                   inference_state: Mapping[str, Params]) -> Array:
+    """MDLM's one-draw bound of ``log p(tokens[free] | tokens[~free])``: only the free
+    positions are masked, the others stay clean as a frozen prompt does in the sampler."""
+    del inference_state
+    return _mdlm_bound(denoiser, self.logits_fn(denoiser, params), tokens, rng, free)
 
   def sampler_options(self, options: sampling.SamplerOptions) -> HybridSamplerOptions:
     options = super().sampler_options(options)
@@ -514,17 +533,35 @@ class GammaHybridProcess(_HybridProcess):
                        inference_state: Mapping[str, Params]) -> Array:
     """One draw of ``-(int_0^1 sigma' DSE dt + KL(q_1 || prior))`` (SEDD) or MDLM's."""
     del inference_state
+    return self._bound(denoiser, params, tokens, rng, None)
+
+  def conditional_likelihood_bound(self, denoiser: Any, params: Params, tokens: Array,
+                                   free: Array, rng: Array,
+                                   inference_state: Mapping[str, Params]) -> Array:
+    """The bound of ``log p(tokens[free] | tokens[~free])``: the forward process noises the
+    free positions only, the others stay clean (a frozen prompt, as in the sampler), and only
+    the free positions' score entropies and prior KLs count (SEDD's bound for the reverse
+    chain of the free positions; ``bound = "mdlm"``: MDLM's with only the free positions
+    masked)."""
+    del inference_state
+    return self._bound(denoiser, params, tokens, rng, free)
+
+  def _bound(self, denoiser: Any, params: Params, tokens: Array, rng: Array,
+             free: Optional[Array]) -> Array:
+    """One draw ``[B]`` of the configured bound (of the ``free`` positions given the others
+    when given)."""
     mask_id = denoiser.special_ids.mask
     real = jnp.asarray(denoiser.allowed_tokens)
     time_rng, noise_rng = jax.random.split(rng)
     if self.bound == "mdlm":
       score_fn = self.log_score_fn(denoiser, params)
-      logits_fn = lambda noisy, times: _allowed_log_probs(score_fn(
-          noisy, jnp.full(noisy.shape, self.bound_time)), real, mask_id)
-      return -absorbing.nelbo(rng, tokens, logits_fn, mask_id)
+      return _mdlm_bound(denoiser, lambda noisy, times: score_fn(
+          noisy, jnp.full(noisy.shape, self.bound_time)), tokens, rng, free)
     levels = self.noise_levels(absorbing.stratified_times(time_rng, tokens.shape[0]))
     noisy = hybrid.gamma_forward(noise_rng, tokens, hybrid.log_linear_sigma(levels), self.gamma,
                                  real, mask_id)
+    if free is not None:
+      noisy = jnp.where(free, noisy, tokens)
     entropy = self._weighted_entropy(denoiser, self.log_score_fn(denoiser, params)(
         noisy, levels), noisy, tokens, levels, "exact")
     last = hybrid.gamma_marginal(tokens, hybrid.log_linear_sigma(jnp.ones(tokens.shape)),
@@ -532,7 +569,8 @@ class GammaHybridProcess(_HybridProcess):
     prior = self.prior_probs(denoiser)
     kl = jnp.sum(jax.scipy.special.xlogy(last, last)
                  - jax.scipy.special.xlogy(last, jnp.maximum(prior, 1e-30)), axis=-1)
-    return -jnp.sum(entropy + kl, axis=-1)
+    terms = entropy + kl
+    return -jnp.sum(terms if free is None else jnp.where(free, terms, 0.0), axis=-1)
 
   def sampler_options(self, options: sampling.SamplerOptions) -> HybridSamplerOptions:
     options = super().sampler_options(options)

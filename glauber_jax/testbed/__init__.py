@@ -15,6 +15,9 @@ Rows (``ROWS``; a row is one line there: its kind and its extra gin bindings):
 
 - ``causal_lm``, ``mdlm``: the baselines (``gin/ar_tiny.gin``, ``gin/mdlm_tiny.gin``) on the
   ``lm`` task.
+- ``hybrid_epsilon_flat``, ``hybrid_gamma_flat``: the hybrid family
+  (``gin/hybrid_{epsilon,gamma}_tiny.gin``) trained like ``mdlm`` and sampled over a flat
+  hyperschedule; ``hybrid_epsilon_flat_acs``: the epsilon checkpoint sampled with ACS.
 - ``prior``: CAUSAL-GEN of the UL2 pretrained on the ``ul2`` task (``gin/ul2_tiny.gin``),
   sampled as ``infer --mode=causal`` does for a UL2 checkpoint.
 - ``teacher_gibbs_n<N>``: that draft plus ``N`` reverse rounds whose kernel is the UL2's own
@@ -38,7 +41,8 @@ Sizes (steps, batch, samples, model dimensions) come from ``gin/testbed/<preset>
 budget); settings every Glauber row shares from ``gin/testbed/glauber.gin``. ``--gin.X=Y``
 bindings apply to every run (``--language_seed=S`` is ``synthetic_language_config.seed`` and
 ``synthetic_enum_config.seed``); ``--rows=a,b`` runs only those rows. Everything goes under
-``DIR/<variant>/<row>`` (the shared UL2 in ``DIR/<variant>/ul2``). The gin files are read from
+``DIR/<variant>/<row>`` (the shared UL2 in ``DIR/<variant>/ul2``, trained only when a selected
+row reads it: ``config.UL2_KINDS``). The gin files are read from
 a snapshot of ``gin/`` taken at the start (``DIR/gin``), so one invocation sees one
 configuration. A finished row is reused by a rerun whose configuration for it is unchanged
 (its ``spec.json`` holds a digest of every parsed binding; ``row.json`` the result), an

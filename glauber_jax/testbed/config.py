@@ -17,12 +17,21 @@ GIN_MODULE = "glauber_jax.testbed"
 
 PRESETS = ("smoke", "quick", "full")
 VARIANTS = ("hmm", "enum")
-KINDS = ("causal_lm", "mdlm", "prior", "glauber", "oracle", "perturbed")
+KINDS = ("causal_lm", "mdlm", "hybrid_epsilon", "hybrid_gamma", "prior", "glauber", "oracle",
+         "perturbed")
+#: Kinds trained from scratch on the ``lm`` task with the baseline budget, and their gin files.
+BASELINE_FILES = {"causal_lm": "ar_tiny.gin", "mdlm": "mdlm_tiny.gin",
+                  "hybrid_epsilon": "hybrid_epsilon_tiny.gin",
+                  "hybrid_gamma": "hybrid_gamma_tiny.gin"}
+#: Kinds that read the variant's shared UL2 (trained only when a selected row is one).
+UL2_KINDS = ("prior", "glauber", "oracle")
 #: Kinds whose samples are a CAUSAL-GEN draft plus reverse rounds (judged on both).
 ROUNDS_KINDS = ("glauber", "oracle", "perturbed")
 LOSS = "glauber_process.GlauberProcess.loss = '{}'"
 #: Algorithm 1's fresh data row per pair: ``ce_all_sites`` memorises the buffer's few rows.
 LITERAL = "glauber_process.GlauberProcess.training_mode = 'literal'"
+#: ACS (the epsilon-hybrid's adaptive correction sampler) at one of the paper's rates.
+ACS = "hybrid_process.EpsilonHybridProcess.eta = 0.05"
 #: Drafts from the frozen pre-diffusion UL2 (the teacher); the DiT trains the reverse kernel only.
 FROZEN_PRIOR = ("glauber_process.GlauberProcess.prior = 'frozen'",
                 "glauber_process.GlauberProcess.prior_loss_weight = 0.0")
@@ -33,14 +42,17 @@ class Row:
   """One row of the table.
 
   Attributes:
-    kind: ``causal_lm``, ``mdlm``, ``prior`` (the UL2's CAUSAL-GEN), ``glauber`` (a Glauber DiT
-      from the UL2, sampled with its ``NUM_ROUNDS``), ``oracle`` (the exact reverse process) or
+    kind: ``causal_lm``, ``mdlm``, ``hybrid_epsilon``, ``hybrid_gamma`` (the baselines,
+      ``BASELINE_FILES``), ``prior`` (the UL2's CAUSAL-GEN), ``glauber`` (a Glauber DiT from the
+      UL2, sampled with its ``NUM_ROUNDS``), ``oracle`` (the exact reverse process) or
       ``perturbed`` (the exact reverse process of a perturbed language's chain).
     bindings: gin bindings of this row's runs, after the variant's and the preset's.
     train: ``glauber`` only: False samples the DiT converted from the UL2 with no Glauber
       training (the UL2's own MASK-INFILL as the reverse kernel).
-    source: ``oracle`` only: the ``glauber`` row whose checkpoint holds the teacher (the
-      forward kernel) and whose ``NUM_ROUNDS`` and permutations the oracle reverses.
+    source: ``oracle`` (required): the ``glauber`` row whose checkpoint holds the teacher (the
+      forward kernel) and whose ``NUM_ROUNDS`` and permutations the oracle reverses; a baseline
+      kind (optional): the row of the same kind whose checkpoint this row samples, with its
+      own bindings added (a sampler setting; nothing is trained).
     variants: the variants that have this row.
     rounds: ``perturbed`` only: the rounds ``N`` of its chain (0: the perturbed prior's drafts).
   """
@@ -55,14 +67,20 @@ class Row:
   def __post_init__(self) -> None:
     if self.kind not in KINDS:
       raise ValueError(f"row kind {self.kind!r} not in {KINDS}.")
-    if (self.kind == "oracle") != (self.source is not None):
-      raise ValueError("an oracle row, and only an oracle row, names a source row.")
+    if self.kind == "oracle" and self.source is None:
+      raise ValueError("an oracle row names its source row.")
+    if self.source is not None and self.kind != "oracle" and self.kind not in BASELINE_FILES:
+      raise ValueError(f"a {self.kind!r} row names no source row (oracle and baseline rows "
+                       "only).")
 
 
 #: The rows, in the order they run (an oracle after its source). Adding a row is one line.
 ROWS: dict[str, Row] = {
     "causal_lm": Row("causal_lm"),
     "mdlm": Row("mdlm"),
+    "hybrid_epsilon_flat": Row("hybrid_epsilon"),
+    "hybrid_epsilon_flat_acs": Row("hybrid_epsilon", (ACS,), source="hybrid_epsilon_flat"),
+    "hybrid_gamma_flat": Row("hybrid_gamma"),
     "prior": Row("prior"),
     "teacher_gibbs_n1": Row("glauber", ("NUM_ROUNDS = 1",), train=False),
     "teacher_gibbs_n3": Row("glauber", ("NUM_ROUNDS = 3",), train=False),

@@ -25,8 +25,9 @@ import numpy as np
 from glauber_jax import (gin_utils, infer, summaries, synthetic, synthetic_judge, train,
                          vocabularies)
 from glauber_jax.testbed import oracle, report
-from glauber_jax.testbed.config import (ROUNDS_KINDS, ROWS, Budget, Row, VariantSetup,
-                                        compile_options, configured_model, perturbation)
+from glauber_jax.testbed.config import (BASELINE_FILES, ROUNDS_KINDS, ROWS, UL2_KINDS, Budget,
+                                        Row, VariantSetup, compile_options, configured_model,
+                                        perturbation)
 
 
 class SyntheticRegistry(Protocol):
@@ -261,11 +262,12 @@ class Testbed:
               finished: dict[str, dict[str, Any]]) -> dict[str, Any]:
     directory = self.row_dir(setup.name, name)
     budget = setup.budget
-    if row.kind in ("causal_lm", "mdlm"):
-      files = [self.gin_path("ar_tiny.gin" if row.kind == "causal_lm" else "mdlm_tiny.gin")]
+    if row.kind in BASELINE_FILES:
+      files = [self.gin_path(BASELINE_FILES[row.kind])]
+      source_bindings = () if row.source is None else ROWS[row.source].bindings
       bindings = [*setup.lm_bindings(), f"MODEL_DIR = {json.dumps(directory)}",
                   f"TRAIN_STEPS = {budget.baseline_steps}", f"BATCH_SIZE = {budget.batch_size}",
-                  *row.bindings]
+                  *source_bindings, *row.bindings]
     elif row.kind in ("prior", "glauber"):
       files, bindings = self.glauber_config(setup, row, directory)
     elif row.kind == "perturbed":
@@ -282,16 +284,31 @@ class Testbed:
       self.log(f"{setup.name}/{name}: finished before, reused ({directory}/row.json)")
       return done
     start = time.perf_counter()
-    ul2 = finished["ul2"]
+    ul2 = finished.get("ul2")  # Trained when a selected row reads it (``UL2_KINDS``).
     compute: dict[str, Any] = {}
     samples_file = os.path.join(directory, "samples.jsonl")
-    if row.kind in ("causal_lm", "mdlm"):
-      self.log(f"{setup.name}/{name}: training, {budget.baseline_steps} steps")
-      compute = self.train(files, bindings, {"targets": setup.seq_len})
+    if row.kind in BASELINE_FILES:
+      if row.source is None:
+        self.log(f"{setup.name}/{name}: training, {budget.baseline_steps} steps")
+        compute = self.train(files, bindings, {"targets": setup.seq_len})
+        checkpoint = directory
+        train_detail = f"{compute['train_steps']} x {compute['batch_size']}"
+      else:  # Another sampler on the source row's checkpoint.
+        if row.source not in finished:
+          raise ValueError(f"row {name} samples the checkpoint of the row {row.source!r}; run "
+                           "it before this one.")
+        compute = {key: finished[row.source][key] for key in
+                   ("parameters", "train_steps", "batch_size", "train_flops")}
+        checkpoint = self.row_dir(setup.name, row.source)
+        train_detail = f"the checkpoint of {row.source}"
       self.log(f"{setup.name}/{name}: sampling {budget.num_samples}")
-      records, model = self.sample(files, bindings, directory, "sample", samples_file, budget)
-      calls = model.process.num_steps if row.kind == "mdlm" else setup.seq_len
-      train_detail = f"{compute['train_steps']} x {compute['batch_size']}"
+      records, model = self.sample(files, bindings, checkpoint, "sample", samples_file, budget)
+      if row.kind == "causal_lm":
+        calls = setup.seq_len
+      elif row.kind == "mdlm":
+        calls = model.process.num_steps
+      else:  # The hybrids sample flat hyperschedules: one call per noise level.
+        calls = model.process.num_levels
     elif row.kind == "prior" or (row.kind == "glauber" and not row.train):
       mode = "causal" if row.kind == "prior" else "sample"
       self.log(f"{setup.name}/{name}: sampling {budget.num_samples} from the UL2 ({mode})")
@@ -576,10 +593,12 @@ class Testbed:
       setup = self.variant_setup(variant)
       self.log(f"variant {variant}: L = {setup.seq_len}, vocab {setup.vocab_size}, UL2 lengths "
                f"{setup.ul2_lengths}, {setup.budget}")
-      finished: dict[str, dict[str, Any]] = {"ul2": self.ul2(setup)}
-      for name, row in ROWS.items():
-        if variant not in row.variants or name not in self.rows:
-          continue
+      selected = {name: row for name, row in ROWS.items()
+                  if variant in row.variants and name in self.rows}
+      finished: dict[str, dict[str, Any]] = {}
+      if any(row.kind in UL2_KINDS for row in selected.values()):
+        finished["ul2"] = self.ul2(setup)
+      for name, row in selected.items():
         finished[name] = self.run_row(setup, name, row, finished)
         table.append(finished[name])
       self.write(table)
