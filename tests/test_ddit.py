@@ -151,6 +151,12 @@ def test_ddit_drives_the_hybrid_processes(kind: str) -> None:
                                 attention=attention)), {}).final
              for attention in ("schedule", "cached")]
     np.testing.assert_array_equal(*drawn)
+  else:  # The conditioned DDiT reads per-token times: the gamma-hybrid's block schedules run.
+    block = process.sample(denoiser, params, jax.random.PRNGKey(6), 2, data[:, :2],
+                           process.sampler_options(hybrid_process.HybridSamplerOptions(
+                               schedule="block", width=4, num_levels=2)), {}).final
+    np.testing.assert_array_equal(block[:, :2], data[:, :2])
+    assert bool(jnp.all(jnp.asarray(denoiser.allowed_tokens)[block]))
 
 
 @pytest.mark.parametrize("kind, expected", [("epsilon", 162_513_920), ("gamma", 169_696_512)])
