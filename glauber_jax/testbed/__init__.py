@@ -17,7 +17,8 @@ Rows (``ROWS``; a row is one line there: its kind and its extra gin bindings):
   ``lm`` task.
 - ``hybrid_epsilon_flat``, ``hybrid_gamma_flat``: the hybrid family
   (``gin/hybrid_{epsilon,gamma}_tiny.gin``) trained like ``mdlm`` and sampled over a flat
-  hyperschedule; ``hybrid_epsilon_flat_acs``: the epsilon checkpoint sampled with ACS.
+  hyperschedule; ``hybrid_epsilon_flat_acs``: the epsilon checkpoint sampled with ACS;
+  ``hybrid_gamma_block``: the gamma-hybrid trained and sampled on Block^8 hyperschedules.
 - ``prior``: CAUSAL-GEN of the UL2 pretrained on the ``ul2`` task (``gin/ul2_tiny.gin``),
   sampled as ``infer --mode=causal`` does for a UL2 checkpoint.
 - ``teacher_gibbs_n<N>``: that draft plus ``N`` reverse rounds whose kernel is the UL2's own

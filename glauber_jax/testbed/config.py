@@ -32,6 +32,16 @@ LOSS = "glauber_process.GlauberProcess.loss = '{}'"
 LITERAL = "glauber_process.GlauberProcess.training_mode = 'literal'"
 #: ACS (the epsilon-hybrid's adaptive correction sampler) at one of the paper's rates.
 ACS = "hybrid_process.EpsilonHybridProcess.eta = 0.05"
+#: The gamma-hybrid on Block^8 hyperschedules (L = 32: four blocks of 16 levels, 64 calls, as
+#: many as the flat rows): per-token time, annealed training (gin/hybrid_gamma_block_tiny.gin).
+GAMMA_BLOCK = ("single_stack/network.NetworkConfig.time_per_token = True",
+               "hybrid_process.GammaHybridProcess.annealed = True",
+               "hybrid_process.GammaHybridProcess.train_schedule = 'block'",
+               "hybrid_process.GammaHybridProcess.train_width = 8",
+               "hybrid_process.GammaHybridProcess.train_levels = 16",
+               "hybrid_process.GammaHybridProcess.schedule = 'block'",
+               "hybrid_process.GammaHybridProcess.width = 8",
+               "hybrid_process.GammaHybridProcess.num_levels = 16")
 #: Drafts from the frozen pre-diffusion UL2 (the teacher); the DiT trains the reverse kernel only.
 FROZEN_PRIOR = ("glauber_process.GlauberProcess.prior = 'frozen'",
                 "glauber_process.GlauberProcess.prior_loss_weight = 0.0")
@@ -81,6 +91,7 @@ ROWS: dict[str, Row] = {
     "hybrid_epsilon_flat": Row("hybrid_epsilon"),
     "hybrid_epsilon_flat_acs": Row("hybrid_epsilon", (ACS,), source="hybrid_epsilon_flat"),
     "hybrid_gamma_flat": Row("hybrid_gamma"),
+    "hybrid_gamma_block": Row("hybrid_gamma", GAMMA_BLOCK),
     "prior": Row("prior"),
     "teacher_gibbs_n1": Row("glauber", ("NUM_ROUNDS = 1",), train=False),
     "teacher_gibbs_n3": Row("glauber", ("NUM_ROUNDS = 3",), train=False),

@@ -24,6 +24,7 @@ import numpy as np
 
 from glauber_jax import (gin_utils, infer, summaries, synthetic, synthetic_judge, train,
                          vocabularies)
+from glauber_jax.processes import hybrid_process
 from glauber_jax.testbed import oracle, report
 from glauber_jax.testbed.config import (BASELINE_FILES, ROUNDS_KINDS, ROWS, UL2_KINDS, Budget,
                                         Row, VariantSetup, compile_options, configured_model,
@@ -307,8 +308,10 @@ class Testbed:
         calls = setup.seq_len
       elif row.kind == "mdlm":
         calls = model.process.num_steps
-      else:  # The hybrids sample flat hyperschedules: one call per noise level.
-        calls = model.process.num_levels
+      else:  # The hybrids: one call per step of their hyperschedule.
+        process = model.process
+        calls = process.hyperschedule(process.sampler_options(
+            hybrid_process.HybridSamplerOptions())).num_calls
     elif row.kind == "prior" or (row.kind == "glauber" and not row.train):
       mode = "causal" if row.kind == "prior" else "sample"
       self.log(f"{setup.name}/{name}: sampling {budget.num_samples} from the UL2 ({mode})")
