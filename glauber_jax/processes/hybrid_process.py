@@ -108,6 +108,22 @@ class _HybridProcess(base.Process):
     """Every position at the sequence's time ``t`` (flat training), ``[B, L]``."""
     return jnp.broadcast_to(times.astype(jnp.float32)[:, None], (times.shape[0], self.seq_len))
 
+  def training_positions(self, rng: Array, batch_size: int,
+                         train_schedule: Optional[hyperschedules.Hyperschedule]
+                         ) -> tuple[Array, Array, Array, Array]:
+    """Each row's training call: ``(times [B], levels [B, L], active, settled [B, L])``. Flat
+    (``train_schedule`` None): stratified times in ``(time_epsilon, 1]``, every position active
+    at its row's time; annealed: a uniform call of ``train_schedule`` (``times`` is its index)
+    with its per-position levels and partition."""
+    if train_schedule is None:
+      times = absorbing.stratified_times(rng, batch_size, self.time_epsilon)
+      shape = (batch_size, self.seq_len)
+      return times, self.noise_levels(times), jnp.ones(shape, bool), jnp.zeros(shape, bool)
+    tables = train_schedule.tables()
+    call = jax.random.randint(rng, (batch_size,), 0, train_schedule.num_calls)
+    return (call.astype(jnp.float32), jnp.asarray(tables["times"])[call],
+            jnp.asarray(tables["active"])[call], jnp.asarray(tables["settled"])[call])
+
   def training_flops(self, denoiser: Any) -> float:
     return denoiser.training_flops(self.seq_len, self.seq_len)
 
@@ -248,20 +264,10 @@ class EpsilonHybridProcess(_HybridProcess):
       return {"targets": data, "noisy": noisy, "masked": masked, "shuffled": shuffled,
               "active": jnp.ones(data.shape, bool), "levels": levels,
               "chunk_start": chunk_start}, state
-    settled = jnp.zeros(data.shape, bool)
-    if self.train_schedule is None:
-      times = absorbing.stratified_times(time_rng, data.shape[0], self.time_epsilon)
-      levels = self.noise_levels(times)
-      active = jnp.ones(data.shape, bool)
-      idle = jnp.zeros(data.shape, bool)
-    else:
-      tables = self.train_schedule.tables()
-      call = jax.random.randint(time_rng, (data.shape[0],), 0, self.train_schedule.num_calls)
-      times = call.astype(jnp.float32)
-      active = jnp.asarray(tables["active"])[call]
-      settled = jnp.asarray(tables["settled"])[call]
-      idle = ~active & ~settled
-      levels = jnp.where(active, jnp.asarray(tables["times"])[call], 0.0)
+    times, levels, active, settled = self.training_positions(time_rng, data.shape[0],
+                                                             self.train_schedule)
+    idle = ~active & ~settled
+    levels = jnp.where(active, levels, 0.0)
     noisy, masked, shuffled = hybrid.epsilon_forward(noise_rng, data, levels, self.epsilon,
                                                      real, mask_id)
     noisy = jnp.where(idle, mask_id, jnp.where(active, noisy, data))
@@ -472,18 +478,8 @@ class GammaHybridProcess(_HybridProcess):
     its time of a random call of the training schedule."""
     del params, step
     time_rng, noise_rng = jax.random.split(rng)
-    if self.train_schedule is None:
-      times = absorbing.stratified_times(time_rng, data.shape[0], self.time_epsilon)
-      levels = self.noise_levels(times)
-      active = jnp.ones(data.shape, bool)
-      settled = jnp.zeros(data.shape, bool)
-    else:
-      tables = self.train_schedule.tables()
-      call = jax.random.randint(time_rng, (data.shape[0],), 0, self.train_schedule.num_calls)
-      times = call.astype(jnp.float32)
-      levels = jnp.asarray(tables["times"])[call]
-      active = jnp.asarray(tables["active"])[call]
-      settled = jnp.asarray(tables["settled"])[call]
+    times, levels, active, settled = self.training_positions(time_rng, data.shape[0],
+                                                             self.train_schedule)
     noisy = hybrid.gamma_forward(noise_rng, data, hybrid.log_linear_sigma(levels), self.gamma,
                                  jnp.asarray(denoiser.allowed_tokens), denoiser.special_ids.mask)
     return {"targets": data, "noisy": noisy, "times": times, "levels": levels,
