@@ -159,7 +159,9 @@ def test_reference_score_entropy_golden_values() -> None:
 
 @pytest.mark.parametrize("gamma", (0.0, 0.1, 0.6))
 def test_exact_reverse_step_is_bayes(gamma: float) -> None:
-  """d = 1: the exact staggered step with the true scores is the Bayes posterior."""
+  """d = 1: the exact staggered step with the true scores is the Bayes posterior, whatever
+  the scores hold at the current token (a network's untrained output there; the ratio of a
+  state to itself is 1)."""
   p_data = np.array([0.7, 0.3, 0.0])
   sigma_t, sigma_s = 1.5, 0.6
   delta = sigma_t - sigma_s
@@ -169,10 +171,13 @@ def test_exact_reverse_step_is_bayes(gamma: float) -> None:
   p_t = step @ p_s
   for noisy in (0, 1, MASK):
     bayes = step[noisy] * p_s / p_t[noisy]  # p(x_s | x_t) = P[x_t, x_s] p_s(x_s) / p_t(x_t).
-    probs = hybrid.gamma_reverse_probs(jnp.asarray(p_t / p_t[noisy], jnp.float32),
-                                       jnp.array(noisy), jnp.array(delta), gamma, REAL, MASK,
-                                       jnp.array(False), exact=True)
-    np.testing.assert_allclose(np.asarray(probs), bayes, atol=2e-6)
+    for own_score in (1.0, 1e-3, 37.0):
+      scores = (p_t / p_t[noisy]).copy()
+      scores[noisy] = own_score
+      probs = hybrid.gamma_reverse_probs(jnp.asarray(scores, jnp.float32), jnp.array(noisy),
+                                         jnp.array(delta), gamma, REAL, MASK,
+                                         jnp.array(False), exact=True)
+      np.testing.assert_allclose(np.asarray(probs), bayes, atol=2e-6)
     final = hybrid.gamma_reverse_probs(jnp.asarray(p_t / p_t[noisy], jnp.float32),
                                        jnp.array(noisy), jnp.array(delta), gamma, REAL, MASK,
                                        jnp.array(True))

@@ -281,7 +281,13 @@ def staggered_scores(scores: Array, delta: Array, gamma: float, real: Array, mas
 def gamma_reverse_probs(scores: Array, noisy: Array, delta: Array, gamma: float, real: Array,
                         mask_id: int, final: Array, exact: bool = True) -> Array:
   """Unnormalised ``p(x_s | x_t)`` ``[..., V]`` of one tau-leaping step over noise ``delta``:
-  ``staggered_scores ⊙ transposed_transition``, MASK impossible where ``final``."""
+  ``staggered_scores ⊙ transposed_transition``, MASK impossible where ``final``.
+
+  The score at the current token ``x_t`` itself is the ratio ``p_t(x_t) / p_t(x_t) = 1``
+  whatever ``scores`` holds there: a network's output at that index is never trained (the
+  score entropy sums over ``z != x_t``), and the staggered scores read it (SEDD sets it the
+  same way)."""
+  scores = jnp.where(jax.nn.one_hot(noisy, scores.shape[-1], dtype=bool), 1.0, scores)
   probs = (staggered_scores(scores, delta, gamma, real, mask_id, exact)
            * transposed_transition(noisy, delta, gamma, real, mask_id))
   probs = jnp.maximum(probs, 0.0)
