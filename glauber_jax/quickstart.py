@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import gin
 
@@ -37,10 +37,10 @@ PIPELINES = {"shakespeare": ("gin/ul2_tiny.gin", "gin/ul2_tiny_glauber.gin"),
              "synthetic": ("gin/synthetic_ul2_tiny.gin", "gin/synthetic_ul2_tiny_glauber.gin")}
 
 
-def exact_judge_line(records: Sequence[dict[str, Any]]) -> str:
-  """The exact judge's verdict on Algorithm 2's samples of the synthetic language (the gin
-  configuration of its tasks must be the current one): drafts against final samples."""
-  from tasks import registry  # pylint: disable=import-outside-toplevel
+def exact_judge_line(records: Sequence[dict[str, Any]],
+                     registry: synthetic_judge.SyntheticRegistry) -> str:
+  """The exact judge's verdict on Algorithm 2's samples of the synthetic language (under the
+  current gin configuration of its tasks): drafts against final samples."""
   language, vocabulary = registry.synthetic_language("hmm"), registry.synthetic_vocabulary("hmm")
   finals = [record["token_ids"] for record in records]
   drafts = [record["causal_draft_ids"] for record in records]
@@ -54,8 +54,12 @@ def exact_judge_line(records: Sequence[dict[str, Any]]) -> str:
           f"{final['entropy']:.3f} (data {final['data_entropy']:.3f})")
 
 
-def run(model_dir: str, overrides: Sequence[str], pipeline: str = "shakespeare") -> None:
-  """Runs the stages in this process (the gin config is reset between them)."""
+def run(model_dir: str, overrides: Sequence[str], pipeline: str = "shakespeare",
+        registry: Optional[synthetic_judge.SyntheticRegistry] = None) -> None:
+  """Runs the stages in this process (the gin config is reset between them); the synthetic
+  pipeline's exact judge needs ``registry``."""
+  if pipeline == "synthetic" and registry is None:
+    raise ValueError("the synthetic pipeline's exact judge needs the task registry.")
   ul2_gin, glauber_gin = PIPELINES[pipeline]
   ul2_dir = os.path.join(model_dir, "ul2_tiny")
   glauber_dir = os.path.join(model_dir, "ul2_tiny_glauber")
@@ -81,7 +85,7 @@ def run(model_dir: str, overrides: Sequence[str], pipeline: str = "shakespeare")
                                    ("token_ids", "causal_draft_ids"), "a Glauber samples file")
     bindings = gin_utils.split_gin_args(overrides)[1]  # The language's settings, if overridden.
     gin_utils.run_configured([glauber_gin], bindings,
-                             lambda: print(exact_judge_line(records), flush=True))
+                             lambda: print(exact_judge_line(records, registry), flush=True))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -98,7 +102,8 @@ def main(argv: Sequence[str]) -> None:
     else:
       raise SystemExit(__doc__)
   default_dir = "runs/quickstart" if pipeline == "shakespeare" else "runs/quickstart_synthetic"
-  run(model_dir or default_dir, overrides, pipeline)
+  from tasks import registry  # pylint: disable=import-outside-toplevel
+  run(model_dir or default_dir, overrides, pipeline, registry)
 
 
 if __name__ == "__main__":

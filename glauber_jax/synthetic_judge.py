@@ -10,11 +10,26 @@ sampling-noise floors. NumPy only. ``docs/evaluation.md`` ("Exact judge") descri
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
 from glauber_jax import metrics, synthetic, vocabularies
+
+
+class SyntheticRegistry(Protocol):
+  """The synthetic tasks' functions of ``tasks.registry`` (the module itself satisfies it), each
+  under the current gin configuration. Command lines pass it in: the library never imports
+  ``tasks``."""
+
+  def synthetic_config(self, kind: str) -> synthetic.SyntheticConfig:
+    """The configuration of the synthetic language ``kind`` (``hmm`` or ``enum``)."""
+
+  def synthetic_language(self, kind: str) -> synthetic.HiddenMarkovLanguage:
+    """The language of the synthetic tasks of ``kind``."""
+
+  def synthetic_vocabulary(self, kind: str) -> vocabularies.LetterVocabulary:
+    """The vocabulary of the synthetic tasks of ``kind``: one id per letter."""
 
 
 def letters_of_tokens(token_ids: Sequence[Sequence[int]], vocabulary: vocabularies.Vocabulary,

@@ -27,6 +27,8 @@ TASK_IMPORTERS: dict[str, Optional[frozenset[str]]] = {
     "glauber_jax.zero_shot.__main__": frozenset({"main"}),
     # The testbed's command line: its main passes tasks.registry to the runner.
     "glauber_jax.testbed.__main__": frozenset({"main"}),
+    # The quick start's main passes tasks.registry to the synthetic pipeline's exact judge.
+    "glauber_jax.quickstart": frozenset({"main"}),
 }
 
 #: Third-party packages a module may need that an installation can lack: a module failing to

@@ -2,7 +2,8 @@
 
 Each run goes through the library's own entry points (``train.train``, ``infer.infer``) with the
 row's gin files and bindings, in this process; the synthetic tasks' registry functions come in
-from the command line (``SyntheticRegistry``), as the library never imports ``tasks``.
+from the command line (``synthetic_judge.SyntheticRegistry``), as the library never imports
+``tasks``.
 """
 
 from __future__ import annotations
@@ -15,34 +16,19 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glauber_jax import (gin_utils, infer, summaries, synthetic, synthetic_judge, train,
-                         vocabularies)
+from glauber_jax import gin_utils, infer, summaries, synthetic, synthetic_judge, train
 from glauber_jax.processes import hybrid_process
 from glauber_jax.testbed import oracle, report
 from glauber_jax.testbed.config import (BASELINE_FILES, ROUNDS_KINDS, ROWS, UL2_KINDS, Budget,
                                         Row, VariantSetup, compile_options, configured_model,
                                         perturbation)
-
-
-class SyntheticRegistry(Protocol):
-  """The synthetic tasks' functions of ``tasks.registry`` the runner reads (the module itself
-  satisfies it), each under the current gin configuration."""
-
-  def synthetic_config(self, kind: str) -> synthetic.SyntheticConfig:
-    """The configuration of the synthetic language ``kind`` (``hmm`` or ``enum``)."""
-
-  def synthetic_language(self, kind: str) -> synthetic.HiddenMarkovLanguage:
-    """The language of the synthetic tasks of ``kind``."""
-
-  def synthetic_vocabulary(self, kind: str) -> vocabularies.LetterVocabulary:
-    """The vocabulary of the synthetic tasks of ``kind``: one id per letter."""
 
 
 class Testbed:
@@ -59,7 +45,7 @@ class Testbed:
   """
 
   def __init__(self, preset: str, out: str, variants: Sequence[str], overrides: Sequence[str],
-               command: str, registry: SyntheticRegistry,
+               command: str, registry: synthetic_judge.SyntheticRegistry,
                rows: Optional[Sequence[str]] = None) -> None:
     self.preset = preset
     self.out = os.path.abspath(out)
