@@ -35,7 +35,6 @@ from typing import Any, Callable, ClassVar, Mapping, Optional
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from glauber_jax import sampling
 from glauber_jax.processes import absorbing, base, hybrid, hyperschedules
@@ -359,8 +358,9 @@ class EpsilonHybridProcess(_HybridProcess):
           rng, functools.partial(denoiser.block_logits, params), initial, frozen, schedule,
           **draws)
     if options.attention == "schedule":
-      masks = np.stack([schedule.attention_mask(c, schedule.sampling_context())
-                        for c in range(1, schedule.num_calls + 1)])
+      tables = schedule.tables()
+      masks = hyperschedules.partition_attention_mask(
+          tables["settled"], tables["active"], schedule.sampling_context(), schedule.width)
       return lambda rng, initial, frozen: hybrid.epsilon_sample(
           rng, lambda noisy, times, mask: denoiser.masked_logits(params, noisy, mask), initial,
           frozen, schedule.tables(), attention_masks=masks, **draws)
