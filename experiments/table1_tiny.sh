@@ -23,20 +23,7 @@ JUDGE_STEPS=${JUDGE_STEPS:-1000}
 NUM_SAMPLES=${NUM_SAMPLES:-64}
 PYTHON=${PYTHON:-python}
 
-train() {  # train GIN_FILE NAME STEPS [BINDINGS...]
-  local gin_file=$1 name=$2 steps=$3
-  shift 3
-  "$PYTHON" -m glauber_jax.train --gin_file="$gin_file" --gin.MODEL_DIR="'$RUN_DIR/$name'" \
-    --gin.TRAIN_STEPS="$steps" "$@"
-}
-
-infer() {  # infer GIN_FILE CHECKPOINT MODE OUTPUT [BINDINGS...]
-  local gin_file=$1 checkpoint=$2 mode=$3 output=$4
-  shift 4
-  "$PYTHON" -m glauber_jax.infer --gin_file="$gin_file" --checkpoint="$RUN_DIR/$checkpoint" \
-    --mode="$mode" --output_file="$RUN_DIR/$output" --gin.infer.num_samples="$NUM_SAMPLES" \
-    --gin.infer.batch_size=32 --gin.infer.print_samples=1 "$@"
-}
+source experiments/cli_steps.sh
 
 # 1. Models.
 train gin/judge_tiny.gin judge "$JUDGE_STEPS"

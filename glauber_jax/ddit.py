@@ -37,7 +37,6 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from glauber_jax import denoisers, errors, network, vocabularies
 from glauber_jax.processes import hybrid
@@ -304,12 +303,14 @@ class DDiTDenoiser:
       reference's input) instead of the process's time ``t``.
     weighted_embedding_gamma: the gamma-hybrid's ``gamma`` for eq. 12's weighted embedding
       (``hybrid.mask_embedding_weight`` at each position's ``sigma``); None: plain embedding.
+    text_includes_eos: whether EOS is text (``SingleStackDenoiser``'s setting).
   """
 
   def __init__(self, network_config: DDiTConfig = gin.REQUIRED,
                vocabulary: vocabularies.Vocabulary = gin.REQUIRED,
                sigma_conditioning: bool = True,
-               weighted_embedding_gamma: Optional[float] = None) -> None:
+               weighted_embedding_gamma: Optional[float] = None,
+               text_includes_eos: bool = False) -> None:
     network_config.check_vocabulary(vocabulary)
     if weighted_embedding_gamma is not None and not network_config.time_conditioning:
       raise ValueError("the weighted embedding needs DDiTConfig.time_conditioning (sigma).")
@@ -319,9 +320,7 @@ class DDiTDenoiser:
     self.vocabulary = vocabulary
     self.sigma_conditioning = sigma_conditioning
     self.special_ids = denoisers.SpecialIds.from_vocabulary(vocabulary)
-    allowed = np.logical_not(vocabulary.special_token_mask())
-    allowed[vocabulary.eos_id] = False
-    self.allowed_tokens = allowed  # The text ids (EOS is not text, as for the single stack).
+    self.allowed_tokens = vocabulary.text_token_mask(text_includes_eos)
 
   @property
   def max_length(self) -> int:

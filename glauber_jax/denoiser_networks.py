@@ -23,7 +23,6 @@ from typing import Any, Optional
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from glauber_jax import (decoding, denoisers, encoder_decoder, network, single_stack, throughput,
                          vocabularies)
@@ -35,13 +34,6 @@ Params = Any
 TIME_PARAM_NAMES = ("time_embedding", "modulation")
 #: The logit of ids a sample may not hold (finite, so that log-softmax stays defined).
 BLOCKED_LOGIT = -1e9
-
-
-def _text_tokens(vocabulary: vocabularies.Vocabulary, text_includes_eos: bool) -> np.ndarray:
-  """``[V]`` bool: the text ids, plus EOS when it separates packed documents."""
-  allowed = np.logical_not(vocabulary.special_token_mask())
-  allowed[vocabulary.eos_id] = text_includes_eos
-  return allowed
 
 
 def _dropout(rng: Optional[Array]) -> dict[str, Any]:
@@ -72,7 +64,7 @@ class EncoderDecoderDenoiser:
     self.module = encoder_decoder.Transformer(network_config)
     self.vocabulary = vocabulary
     self.special_ids = denoisers.SpecialIds.from_vocabulary(vocabulary)
-    self.allowed_tokens = _text_tokens(vocabulary, text_includes_eos)
+    self.allowed_tokens = vocabulary.text_token_mask(text_includes_eos)
 
   def init_variables(self, rng: Array, batch_size: int, seq_len: int) -> dict[str, Any]:
     return self.module.init(rng, jnp.ones((batch_size, seq_len + 2), jnp.int32),
@@ -165,17 +157,21 @@ class SingleStackDenoiser:
       ``weighted_mask_embedding`` the calls take the eq. 12 weights ``mask_weight [B, L]`` of
       the vocabulary's MASK (the gamma-hybrid's options).
     vocabulary: the task's vocabulary.
+    text_includes_eos: whether EOS is text (it separates packed documents, so the processes
+      corrupt, predict and draw it as any token); False for tasks of fixed-length sequences
+      with no end (``@data.task_text_includes_eos()`` in ``gin/models/{mdlm,hybrid}.gin``).
   """
 
   def __init__(self, network_config: network.NetworkConfig = gin.REQUIRED,
-               vocabulary: vocabularies.Vocabulary = gin.REQUIRED) -> None:
+               vocabulary: vocabularies.Vocabulary = gin.REQUIRED,
+               text_includes_eos: bool = False) -> None:
     network_config.check_vocabulary(vocabulary)
     self.network_config = network_config
     self.vocabulary = vocabulary
     self.special_ids = denoisers.SpecialIds.from_vocabulary(vocabulary)
     self.module = single_stack.SingleStack(network_config, causal=False,
                                            mask_id=self.special_ids.mask)
-    self.allowed_tokens = _text_tokens(vocabulary, text_includes_eos=False)
+    self.allowed_tokens = vocabulary.text_token_mask(text_includes_eos)
 
   @property
   def max_length(self) -> int:

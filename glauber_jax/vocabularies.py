@@ -138,6 +138,14 @@ class Vocabulary(abc.ABC):
     mask[self.base_vocab_size:] = True
     return mask
 
+  def text_token_mask(self, includes_eos: bool) -> np.ndarray:
+    """``[vocab_size]`` bool: the ids a model may write, the text ids (not
+    ``special_token_mask``) plus EOS when ``includes_eos`` (it separates the documents packed
+    into a training sequence)."""
+    mask = np.logical_not(self.special_token_mask())
+    mask[self.eos_id] = includes_eos
+    return mask
+
   def fingerprint(self) -> str:
     """A stable hash of the vocabulary, for cache keys and export manifests."""
     return hashlib.sha256(f"{type(self).__name__}:{self._identity()}".encode()).hexdigest()[:16]
