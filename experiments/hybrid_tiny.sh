@@ -16,6 +16,8 @@
 #   hybrid_gamma            gamma-hybrid, score entropy, flat hyperschedule of 64 levels
 #   hybrid_gamma_block      gamma-hybrid, per-token time, trained and sampled on Block^16
 #                           (16 levels a block)
+#   hybrid_gamma (16)       hybrid_gamma's checkpoint on a flat hyperschedule of 16 levels (16
+#                           calls): as few levels a position as the block row gets
 # Results: RUN_DIR/eval_hybrid.jsonl, RUN_DIR/bound_hybrid_*.jsonl and the printed tables
 # (docs/results.md).
 set -euo pipefail
@@ -46,6 +48,8 @@ infer gin/hybrid_epsilon_tiny.gin hybrid_epsilon sample samples_hybrid_epsilon_a
 infer gin/hybrid_epsilon_block_tiny.gin hybrid_epsilon_block sample \
   samples_hybrid_epsilon_block.jsonl "${BLOCK[@]}"
 infer gin/hybrid_gamma_tiny.gin hybrid_gamma sample samples_hybrid_gamma.jsonl
+infer gin/hybrid_gamma_tiny.gin hybrid_gamma sample samples_hybrid_gamma_16.jsonl \
+  --gin.hybrid_process.GammaHybridProcess.num_levels=16
 infer gin/hybrid_gamma_block_tiny.gin hybrid_gamma_block sample samples_hybrid_gamma_block.jsonl
 
 # 3. Judge perplexity, entropy, distinct-n.
@@ -56,6 +60,7 @@ infer gin/hybrid_gamma_block_tiny.gin hybrid_gamma_block sample samples_hybrid_g
   --samples="$RUN_DIR/samples_hybrid_epsilon_acs.jsonl" \
   --samples="$RUN_DIR/samples_hybrid_epsilon_block.jsonl" \
   --samples="$RUN_DIR/samples_hybrid_gamma.jsonl" \
+  --samples="$RUN_DIR/samples_hybrid_gamma_16.jsonl" \
   --samples="$RUN_DIR/samples_hybrid_gamma_block.jsonl"
 
 # 4. Likelihood bounds on the held-out split.
