@@ -18,3 +18,10 @@ def private_data_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     os.environ.pop("GLAUBER_JAX_CACHE")
   else:
     os.environ["GLAUBER_JAX_CACHE"] = previous
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  """Lists the slowest tests at the end of every run (the suite's time budget: README), unless
+  the command line sets ``--durations`` itself."""
+  if config.option.durations is None:
+    config.option.durations = 15
