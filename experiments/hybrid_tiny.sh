@@ -53,8 +53,7 @@ infer gin/hybrid_gamma_tiny.gin hybrid_gamma sample samples_hybrid_gamma_16.json
 infer gin/hybrid_gamma_block_tiny.gin hybrid_gamma_block sample samples_hybrid_gamma_block.jsonl
 
 # 3. Judge perplexity, entropy, distinct-n.
-"$PYTHON" -m glauber_jax.eval --output="$RUN_DIR/eval_hybrid.jsonl" \
-  --judge_gin=gin/judge_tiny.gin --judge_checkpoint="$RUN_DIR/judge" \
+judge eval_hybrid.jsonl \
   --samples="$RUN_DIR/samples_mdlm.jsonl" \
   --samples="$RUN_DIR/samples_hybrid_epsilon.jsonl" \
   --samples="$RUN_DIR/samples_hybrid_epsilon_acs.jsonl" \

@@ -54,8 +54,7 @@ infer gin/mdlm_tiny.gin mdlm sample samples_mdlm.jsonl
 infer gin/ar_tiny.gin ar sample samples_ar.jsonl
 
 # 3. Judge perplexity, entropy, distinct-n; the Glauber files' drafts get rows of their own.
-"$PYTHON" -m glauber_jax.eval --output="$RUN_DIR/eval.jsonl" \
-  --judge_gin=gin/judge_tiny.gin --judge_checkpoint="$RUN_DIR/judge" \
+judge eval.jsonl \
   --samples="$RUN_DIR/samples_causal_pre.jsonl" \
   --samples="$RUN_DIR/samples_teacher_gibbs_n1.jsonl" \
   --samples="$RUN_DIR/samples_teacher_gibbs_n3.jsonl" \
