@@ -1,7 +1,8 @@
-# shellcheck shell=bash
+#!/usr/bin/env bash
 # Shared by the experiment scripts (sourced, not run): one training run, one infer run and one
 # judged evaluation through the CLIs, under RUN_DIR, with NUM_SAMPLES samples and the
-# interpreter PYTHON.
+# interpreter PYTHON. Sourcing it also sets the scripts' strict mode.
+set -euo pipefail
 
 train() {  # train GIN_FILE NAME STEPS [BINDINGS...]; resumes, and does nothing once finished.
   local gin_file=$1 name=$2 steps=$3
