@@ -82,7 +82,8 @@ def test_eos_is_text_where_the_task_packs_documents(gin_file: str) -> None:
   """The bundled corpus packs documents with EOS, so the single stack must write EOS: the
   hybrid losses score every position, and a target id the denoiser cannot write is an infinite
   loss (gin/hybrid_epsilon_tiny.gin stopped after 14 non-finite steps on real batches, whose
-  EOS the toy runs above never met). The gin files bind it from the task, as MDLM's does."""
+  EOS the toy runs above never met). The gin files bind it from the task, as glauber.gin does
+  for the UL2."""
   importlib.import_module("tasks")  # Registers shakespeare_lm.
   gin.clear_config()
   try:
